@@ -299,18 +299,17 @@ class Lake:
     def commit(self, stage: str, final: str, info: dict[str, Any] | None = None) -> None:
         """Make ``stage`` visible at ``final`` (replacing an unpublished leftover there)."""
         marker = json.dumps(info or {}, indent=2, sort_keys=True, default=str).encode()
+        if self.is_published(final):
+            raise LakeError(f"{self.url(final)!r} is already published; it is immutable")
         if self.protocol == "file":
             src, dst = Path(self.path(stage)), Path(self.path(final))
             (src / COMMIT_MARKER).write_bytes(marker)
-            if dst.exists():
-                if (dst / COMMIT_MARKER).exists():
-                    raise LakeError(f"{self.url(final)!r} is already published; it is immutable")
+            if dst.exists():  # an unpublished leftover
                 self.fs.rm(str(dst), recursive=True)
             dst.parent.mkdir(parents=True, exist_ok=True)
             src.replace(dst)  # one rename: the whole tree appears at once
             return
         # S3: copy every staged object into place, then write the marker last.
-        self.rm(f"{final}/{COMMIT_MARKER}")
         self.fs.invalidate_cache()
         src_root = self.path(stage)
         for obj in self.fs.find(src_root):

@@ -1,0 +1,99 @@
+"""Lake paths, storage access and atomic publish on file:// and s3://."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.errors import LakeError
+from pipelines.lake import COMMIT_MARKER, PATHS, Lake, check_dataset_id, part_name
+
+DID = "0123456789abcdef"
+
+
+def test_paths_are_built_from_ids() -> None:
+    assert PATHS.raw(DID) == f"raw/{DID}.h5ad"
+    assert PATHS.zarr(DID) == f"zarr/{DID}.zarr"
+    assert PATHS.embedding_part("gf-6L-10M-i2048", DID, 3) == (
+        f"embeddings/model=gf-6L-10M-i2048/dataset_id={DID}/part-00003.parquet"
+    )
+    assert PATHS.quarantine(DID) == f"quarantine/{DID}"
+    assert part_name(12) == "part-00012"
+    with pytest.raises(ValueError, match="16 lowercase hex"):
+        check_dataset_id("ABC")
+    with pytest.raises(ValueError, match="may only hold"):
+        PATHS.embeddings("../etc", DID)
+
+
+def test_read_write_list_copy(any_settings) -> None:
+    lake = Lake(any_settings)
+    lake.write_bytes("incoming/sub/a.h5ad", b"abc")
+    lake.write_json("reports/x.json", {"k": 1})
+    assert lake.ls("", recursive=True) == ["incoming/sub/a.h5ad", "reports/x.json"]
+    assert lake.ls("incoming", recursive=True, suffix=".h5ad") == ["incoming/sub/a.h5ad"]
+    lake.copy("incoming/sub/a.h5ad", f"raw/{DID}.h5ad")
+    assert lake.read_bytes(f"raw/{DID}.h5ad") == b"abc"
+    assert lake.read_json("reports/x.json") == {"k": 1}
+    assert lake.size(f"raw/{DID}.h5ad") == 3
+    assert lake.sha256(f"raw/{DID}.h5ad") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    lake.rm("incoming/sub/a.h5ad")
+    assert not lake.exists("incoming/sub/a.h5ad")
+    with pytest.raises(LakeError, match="does not exist"):
+        lake.read_bytes("nope/missing.bin")
+
+
+def test_put_and_get(any_settings, tmp_path) -> None:
+    lake = Lake(any_settings)
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"x" * 1000)
+    lake.put(src, "incoming/f.bin")
+    lake.get("incoming/f.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+
+
+def test_publish_makes_everything_visible_at_once(any_settings) -> None:
+    lake = Lake(any_settings)
+    final = PATHS.zarr(DID)
+    with lake.publishing(final, info={"rows": 2}) as stage:
+        lake.write_bytes(f"{stage}/a/0", b"0")
+        lake.write_bytes(f"{stage}/b", b"1")
+        assert not lake.is_published(final)
+        assert lake.ls("zarr", recursive=True) == []
+    assert lake.is_published(final)
+    assert lake.commit_info(final) == {"rows": 2}
+    assert lake.ls(final, recursive=True) == [f"{final}/{COMMIT_MARKER}", f"{final}/a/0", f"{final}/b"]
+    lake.unpublish(final)
+    assert not lake.is_published(final)
+
+
+def test_crashed_publish_leaves_nothing_visible_and_can_resume(any_settings) -> None:
+    lake = Lake(any_settings)
+    final = PATHS.embeddings("m", DID)
+    with pytest.raises(RuntimeError, match="crash"):
+        with lake.publishing(final) as stage:
+            lake.write_bytes(f"{stage}/part-00000.parquet", b"p0")
+            raise RuntimeError("crash")
+    assert not lake.is_published(final)
+    assert lake.ls("embeddings", recursive=True) == []
+    # A resumed run finds what was staged and finishes.
+    with lake.publishing(final, resume=True) as stage:
+        assert lake.exists(f"{stage}/part-00000.parquet")
+        lake.write_bytes(f"{stage}/part-00001.parquet", b"p1")
+    assert lake.ls(final, suffix=".parquet") == [f"{final}/part-00000.parquet", f"{final}/part-00001.parquet"]
+    # A fresh (non-resumed) run starts from nothing.
+    final2 = PATHS.embeddings("m2", DID)
+    with pytest.raises(RuntimeError):
+        with lake.publishing(final2) as stage:
+            lake.write_bytes(f"{stage}/part-00000.parquet", b"old")
+            raise RuntimeError("crash")
+    with lake.publishing(final2) as stage:
+        assert not lake.exists(f"{stage}/part-00000.parquet")
+
+
+def test_published_output_is_immutable(any_settings) -> None:
+    lake = Lake(any_settings)
+    final = PATHS.zarr(DID)
+    with lake.publishing(final) as stage:
+        lake.write_bytes(f"{stage}/x", b"1")
+    with pytest.raises(LakeError, match="immutable"):
+        with lake.publishing(final) as stage:
+            lake.write_bytes(f"{stage}/x", b"2")
