@@ -7,7 +7,8 @@ Layout (relative to ``SCLAKE_LAKE_URI``)::
     zarr/<dataset_id>.zarr                      the chunked dataset
     embeddings/model=<m>/dataset_id=<id>/part-<NNNNN>.parquet
     quarantine/<dataset_id>/                    rejected uploads + reason.json
-    reports/<dataset_id>/                       validation results, Data Docs, QC plots
+    reports/<dataset_id>/                       validation results, Data Docs, QC plots, lineage records
+    cells/dataset_id=<dataset_id>/obs.parquet   obs of every cell (for the DuckDB ``cells`` view)
     models/                                     mirrored model files
     _staging/<final path>                       work in progress, never read by consumers
 
@@ -73,6 +74,7 @@ class LakePaths:
     quarantine_dir: str = "quarantine"
     reports_dir: str = "reports"
     models_dir: str = "models"
+    cells_dir: str = "cells"
     state_dir: str = "_state"
 
     def raw(self, dataset_id: str) -> str:
@@ -92,6 +94,21 @@ class LakePaths:
 
     def reports(self, dataset_id: str) -> str:
         return f"{self.reports_dir}/{check_dataset_id(dataset_id)}"
+
+    def lineage_record(self, dataset_id: str, model: str | None = None) -> str:
+        """``reports/<id>/lineage/ingest.json``, or ``.../model=<m>.json`` for an embedding run."""
+        name = "ingest" if model is None else f"model={check_model_name(model)}"
+        return f"{self.reports(dataset_id)}/lineage/{name}.json"
+
+    def qc_plot(self, dataset_id: str, model: str) -> str:
+        return f"{self.reports(dataset_id)}/qc/{check_model_name(model)}.png"
+
+    def cells(self, dataset_id: str) -> str:
+        """The published directory holding a dataset's ``obs.parquet``."""
+        return f"{self.cells_dir}/dataset_id={check_dataset_id(dataset_id)}"
+
+    def cells_obs(self, dataset_id: str) -> str:
+        return f"{self.cells(dataset_id)}/obs.parquet"
 
     def state(self, name: str) -> str:
         return f"{self.state_dir}/{name}"
