@@ -1,0 +1,322 @@
+"""DuckDB over the lake: views ``embeddings`` and ``cells``, offline extensions, an S3 secret.
+
+``connect(settings)`` returns an in-memory DuckDB connection with two views:
+
+``embeddings``
+    Every committed embeddings partition
+    (``embeddings/model=<m>/dataset_id=<id>/part-*.parquet``): ``cell_id``, ``embedding``
+    (``FLOAT[]``), the obs columns carried through, and the hive columns ``model`` and
+    ``dataset_id``. A partition is read only once its ``_SUCCESS`` marker exists, so a
+    query never sees half of an embedding run.
+``cells``
+    The obs table of every dataset (``cells/dataset_id=<id>/obs.parquet``): ``cell_id``,
+    the obs columns and ``dataset_id``. A dataset whose obs Parquet is missing gets it
+    written from its Zarr store the first time the lake is opened for queries.
+
+Extensions come from the PyPI packages ``duckdb-extension-httpfs`` and
+``duckdb-extension-vss`` and are loaded from their files; automatic installation and
+loading are switched off, so DuckDB never reaches the network for an extension.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.util
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+from urllib.parse import urlsplit
+
+from pipelines.errors import ConfigError, SclakeError
+from pipelines.lake import COMMIT_MARKER, PATHS, Lake
+from pipelines.logs import get_logger
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from pipelines.settings import Settings
+
+log = get_logger(__name__)
+
+
+class QueryError(SclakeError):
+    """A query DuckDB rejected (syntax, unknown column, type error)."""
+
+
+HIVE_TYPES = "{'model': 'VARCHAR', 'dataset_id': 'VARCHAR'}"
+EMPTY_EMBEDDINGS = (
+    "SELECT NULL::VARCHAR AS cell_id, NULL::FLOAT[] AS embedding, NULL::VARCHAR AS model, "
+    "NULL::VARCHAR AS dataset_id WHERE false"
+)
+EMPTY_CELLS = "SELECT NULL::VARCHAR AS cell_id, NULL::VARCHAR AS dataset_id WHERE false"
+_PARTITION_RE = re.compile(r"^embeddings/model=([^/]+)/dataset_id=([0-9a-f]{16})$")
+_ZARR_RE = re.compile(r"^zarr/([0-9a-f]{16})\.zarr$")
+
+
+def sql_str(value: str) -> str:
+    """A SQL string literal (single quotes doubled)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def extension_path(name: str) -> Path:
+    """The ``<name>.duckdb_extension`` file shipped by the PyPI package ``duckdb-extension-<name>``.
+
+    Raises
+    ------
+    ConfigError
+        The package is not installed, or holds no extension built for this DuckDB.
+    """
+    import duckdb
+
+    spec = importlib.util.find_spec(f"duckdb_extension_{name}")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"DuckDB extension {name!r} is not installed; install the PyPI package duckdb-extension-{name} "
+            f"(a dependency of sclake: run `uv sync`)"
+        )
+    root = Path(next(iter(spec.submodule_search_locations))) / "extensions"
+    wanted = root / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
+    if wanted.is_file():
+        return wanted
+    found = sorted(p.parent.name for p in root.glob(f"*/{name}.duckdb_extension"))
+    raise ConfigError(
+        f"duckdb-extension-{name} holds builds for {found or 'no version'}, not for DuckDB v{duckdb.__version__}; "
+        f"install the duckdb-extension-{name} release that matches duckdb=={duckdb.__version__}"
+    )
+
+
+def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Load an extension from its PyPI package's file (never from the network)."""
+    con.execute(f"LOAD {sql_str(str(extension_path(name)))}")
+
+
+def offline_connection() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection that never installs or auto-loads extensions."""
+    import duckdb
+
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
+    con.execute("SET autoload_known_extensions = false")
+    return con
+
+
+def s3_secret_sql(settings: Settings, name: str = "sclake_lake") -> str:
+    """``CREATE SECRET`` for the lake's bucket: endpoint, path-style URLs, SSL from the endpoint's scheme."""
+    bucket = settings.lake_uri[len("s3://") :].split("/", 1)[0]
+    opts = ["TYPE s3", f"REGION {sql_str(settings.s3_region)}", f"SCOPE {sql_str('s3://' + bucket)}"]
+    if settings.s3_access_key:
+        opts += [f"KEY_ID {sql_str(settings.s3_access_key)}", f"SECRET {sql_str(settings.s3_secret_key or '')}"]
+    if settings.s3_endpoint_url:
+        url = urlsplit(settings.s3_endpoint_url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise ConfigError(
+                f"S3 endpoint {settings.s3_endpoint_url!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:9000)"
+            )
+        opts += [
+            f"ENDPOINT {sql_str(url.netloc)}",
+            "URL_STYLE 'path'",
+            f"USE_SSL {'true' if url.scheme == 'https' else 'false'}",
+        ]
+    return f"CREATE OR REPLACE SECRET {name} ({', '.join(opts)})"
+
+
+def duckdb_location(lake: Lake, rel: str) -> str:
+    """What DuckDB reads for a lake path: a local path on ``file://``, an ``s3://`` URL otherwise."""
+    return lake.path(rel) if lake.protocol == "file" else lake.url(rel)
+
+
+def committed_partitions(lake: Lake) -> dict[tuple[str, str], list[str]]:
+    """``{(model, dataset_id): [part paths]}`` of the embeddings partitions that carry a commit marker."""
+    files = lake.ls(PATHS.embeddings_dir, recursive=True)
+    by_dir: dict[str, list[str]] = {}
+    markers = set()
+    for rel in files:
+        parent, _, name = rel.rpartition("/")
+        if name == COMMIT_MARKER:
+            markers.add(parent)
+        elif name.endswith(".parquet"):
+            by_dir.setdefault(parent, []).append(rel)
+    out = {}
+    for parent, parts in sorted(by_dir.items()):
+        m = _PARTITION_RE.match(parent)
+        if m and parent in markers:
+            out[(m.group(1), m.group(2))] = sorted(parts)
+    return out
+
+
+def zarr_datasets(lake: Lake) -> list[str]:
+    """Dataset ids that have a published Zarr store."""
+    ids = []
+    for rel in lake.ls(PATHS.zarr_dir):
+        m = _ZARR_RE.match(rel)
+        if m and lake.is_published(rel):
+            ids.append(m.group(1))
+    return ids
+
+
+def write_cells(settings: Settings, dataset_id: str, *, lake: Lake | None = None) -> str:
+    """Write ``cells/dataset_id=<id>/obs.parquet`` (``cell_id`` + the obs columns) from the Zarr dataset.
+
+    Idempotent: a dataset whose obs Parquet is already published is left as it is.
+
+    Returns
+    -------
+    str
+        The lake path of the obs Parquet.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.dataset import open_dataset
+
+    lake = lake or Lake(settings)
+    final = PATHS.cells(dataset_id)
+    if lake.is_published(final):
+        return PATHS.cells_obs(dataset_id)
+    obs = open_dataset(lake, dataset_id).obs
+    frame = obs.copy()
+    for col in frame.columns:
+        if hasattr(frame[col], "cat"):
+            frame[col] = frame[col].astype(frame[col].cat.categories.dtype)
+    frame.insert(0, "cell_id", obs.index.astype(str))
+    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    meta = {
+        b"encoding-type": b"sclake.cells-obs",
+        b"encoding-version": b"1",
+        b"dataset_id": dataset_id.encode(),
+    }
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    with lake.publishing(final, info={"dataset_id": dataset_id, "rows": table.num_rows}) as stage:
+        with lake.open(f"{stage}/obs.parquet", "wb") as f:
+            pq.write_table(table, f)
+    log.info("wrote obs of %s cells of dataset %s to %s", f"{table.num_rows:,}", dataset_id, lake.url(final))
+    return PATHS.cells_obs(dataset_id)
+
+
+def committed_cells(lake: Lake) -> list[str]:
+    """Lake paths of the published obs Parquet files."""
+    files = lake.ls(PATHS.cells_dir, recursive=True)
+    markers = {rel.rpartition("/")[0] for rel in files if rel.endswith("/" + COMMIT_MARKER)}
+    return [rel for rel in files if rel.endswith("/obs.parquet") and rel.rpartition("/")[0] in markers]
+
+
+def _read_parquet_sql(locations: list[str]) -> str:
+    files = "[" + ", ".join(sql_str(p) for p in locations) + "]"
+    opts = f"hive_partitioning = true, union_by_name = true, hive_types = {HIVE_TYPES}"
+    return f"SELECT * FROM read_parquet({files}, {opts})"
+
+
+def create_views(con: duckdb.DuckDBPyConnection, settings: Settings, *, materialize_cells: bool = True) -> None:
+    """(Re)create the ``embeddings`` and ``cells`` views from what is committed in the lake now."""
+    lake = Lake(settings)
+    parts = [duckdb_location(lake, p) for files in committed_partitions(lake).values() for p in files]
+    con.execute(f"CREATE OR REPLACE VIEW embeddings AS {_read_parquet_sql(parts) if parts else EMPTY_EMBEDDINGS}")
+    if materialize_cells:
+        for dataset_id in zarr_datasets(lake):
+            write_cells(settings, dataset_id, lake=lake)
+    cells = [duckdb_location(lake, p) for p in committed_cells(lake)]
+    con.execute(f"CREATE OR REPLACE VIEW cells AS {_read_parquet_sql(cells) if cells else EMPTY_CELLS}")
+
+
+def connect(settings: Settings, *, materialize_cells: bool = True) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the views ``embeddings`` and ``cells`` over the lake.
+
+    Parameters
+    ----------
+    settings
+        Lake URI, S3 endpoint and credentials.
+    materialize_cells
+        Write the obs Parquet of datasets that have none yet (see :func:`write_cells`).
+
+    Returns
+    -------
+    duckdb.DuckDBPyConnection
+        With ``httpfs`` loaded and an S3 secret for an ``s3://`` lake, and ``vss`` loaded.
+    """
+    con = offline_connection()
+    if settings.is_s3:
+        load_extension(con, "httpfs")
+        con.execute(s3_secret_sql(settings))
+    load_extension(con, "vss")
+    create_views(con, settings, materialize_cells=materialize_cells)
+    return con
+
+
+FORMATS = ("table", "csv", "json")
+_BATCH = 10_000
+
+
+def _json_default(value: object) -> object:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()  # dates, times, timestamps
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    if hasattr(value, "tolist"):
+        return value.tolist()  # numpy values
+    try:
+        return float(value)  # Decimal
+    except (TypeError, ValueError):
+        return str(value)  # UUID, intervals
+
+
+def _csv_value(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value, default=_json_default)
+    return value
+
+
+def write_result(rel: duckdb.DuckDBPyRelation | None, fmt: str = "table", out: TextIO | None = None) -> int | None:
+    """Write a query result as a terminal table, CSV (header row) or a JSON array of objects.
+
+    ``table`` shows a sample of the rows when there are many (DuckDB's renderer); ``csv`` and
+    ``json`` stream every row. A statement without a result (``CREATE ...``) writes nothing.
+
+    Returns
+    -------
+    int or None
+        Rows written for ``csv`` and ``json``; ``None`` for ``table`` and for no result.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"output format {fmt!r} is not one of {list(FORMATS)}")
+    out = out or sys.stdout
+    if rel is None:
+        return None
+    if fmt == "table":
+        with contextlib.redirect_stdout(out):
+            rel.show(max_width=shutil.get_terminal_size((160, 40)).columns)
+        return None
+    columns = rel.columns
+    n = 0
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        while batch := rel.fetchmany(_BATCH):
+            writer.writerows([_csv_value(v) for v in row] for row in batch)
+            n += len(batch)
+        return n
+    out.write("[")
+    while batch := rel.fetchmany(_BATCH):
+        for row in batch:
+            out.write(
+                ("," if n else "") + "\n" + json.dumps(dict(zip(columns, row, strict=True)), default=_json_default)
+            )
+            n += 1
+    out.write("\n]\n" if n else "]\n")
+    return n
+
+
+def run_query(settings: Settings, sql: str, fmt: str = "table", out: TextIO | None = None) -> int | None:
+    """Run ``sql`` against the lake's views and write the result (see :func:`write_result`)."""
+    import duckdb
+
+    con = connect(settings)
+    try:
+        rel = con.sql(sql)
+    except duckdb.Error as e:
+        raise QueryError(f"query failed: {str(e).strip()}") from e
+    return write_result(rel, fmt, out)
