@@ -318,5 +318,6 @@ def run_query(settings: Settings, sql: str, fmt: str = "table", out: TextIO | No
     try:
         rel = con.sql(sql)
     except duckdb.Error as e:
-        raise QueryError(f"query failed: {str(e).strip()}") from e
+        reason = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise QueryError(f"query failed: {reason}") from e
     return write_result(rel, fmt, out)
