@@ -49,7 +49,7 @@ for _name in COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a failure prints one line ``sclake: error: <reason>`` and exits non-zero."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.exceptions.Abort:
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         reason = str(e).splitlines()[0] if str(e) else ""
         print(f"sclake: error: {type(e).__name__}: {reason} (run with -v for the traceback)", file=sys.stderr)
         return 1
-    return 0
+    # Without standalone mode click returns the exit code of `typer.Exit(n)` instead of raising.
+    return rv if isinstance(rv, int) else 0
 
 
 def run() -> None:

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     stack_airflow_port: int = Field(default=8080, description="Port of the embedded Airflow API server.")
     stack_prometheus_port: int = Field(default=9090, description="Port of the embedded Prometheus.")
     stack_pushgateway_port: int = Field(default=9091, description="Port of the embedded Pushgateway.")
+    stack_only: str | None = Field(
+        default=None, description="Comma-separated service names: start only these (e.g. `s3,mlflow`)."
+    )
     log_level: str = Field(default="INFO", description="Log level of the CLI and steps.")
 
     @property

@@ -1,0 +1,1 @@
+"""The embedded stack: local services (S3 server, MLflow, Airflow, Prometheus) under ``SCLAKE_HOME``."""
