@@ -1,0 +1,41 @@
+"""``sclake sample PATH``: a realistic synthetic raw-count ``.h5ad``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sample")
+    def sample_cmd(
+        path: Annotated[Path, typer.Argument(help="Output .h5ad file (overwritten).")],
+        cells: int = typer.Option(2000, "--cells", min=1, help="Number of cells."),
+        genes: int = typer.Option(20_000, "--genes", min=1, max=30_000, help="Number of genes (at most 30,000)."),
+        seed: int = typer.Option(0, "--seed", help="Random seed: the same arguments give the same bytes."),
+        layout: str = typer.Option("csr", "--layout", help="X layout: csr (streamed), csc or dense (small files)."),
+        counts_in: str = typer.Option("X", "--counts-in", help="Where raw counts go: X, layers or raw."),
+        var_ids: str = typer.Option(
+            "index", "--var-ids", help="Ensembl ids in the var index, or in a var column: ensembl_id, gene_ids."
+        ),
+        compress: bool = typer.Option(False, "--compress", help="gzip the count arrays."),
+    ) -> None:
+        """Write a synthetic raw-count .h5ad (cell types, donors, batches; Ensembl gene ids)."""
+        from pipelines.sample import write_sample
+
+        try:
+            out = write_sample(
+                path,
+                cells=cells,
+                genes=genes,
+                seed=seed,
+                layout=layout,  # type: ignore[arg-type]
+                counts_in=counts_in,  # type: ignore[arg-type]
+                var_ids=var_ids,  # type: ignore[arg-type]
+                compression=compress,
+            )
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from e
+        typer.echo(str(out))
