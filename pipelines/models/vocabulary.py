@@ -56,3 +56,50 @@ def token_dictionary(version: str) -> dict[str, int]:
     """Token ids as Geneformer numbers them: special tokens first, then genes."""
     tokens = list(SPECIAL_TOKENS[version]) + list(vocabulary_genes(version))
     return {tok: i for i, tok in enumerate(tokens)}
+
+
+# Alias ids in the Ensembl mapping dictionary (as retired or merged ids are in the real
+# dictionaries): ids beyond the universe's range, so that samples drawn from the universe
+# never hold one. Helical 2.2.0 cannot tokenize a dataset holding an alias together with
+# its target (its collapse step drops the ``ensembl_id`` column and raises KeyError), and
+# ignores an alias present without its target; tests that exercise the collapse add alias
+# columns on purpose (:func:`gene_aliases`).
+ALIASES_PER_VERSION = 2_000
+_ALIAS_BASE = 300_000
+
+
+@lru_cache(maxsize=1)
+def _universe_medians() -> np.ndarray:
+    """One non-zero median per universe gene (log-normal, deterministic)."""
+    rng = np.random.default_rng(_SEED + 3)
+    # Real Geneformer medians (normalised to 10,000 counts per cell) span ~0.1 to ~100,
+    # most of them between 0.5 and 5.
+    return np.clip(rng.lognormal(mean=np.log(1.4), sigma=0.9, size=UNIVERSE_SIZE), 0.05, 500.0)
+
+
+def gene_medians(version: str) -> dict[str, float]:
+    """Non-zero median expression of every vocabulary gene (positive, deterministic).
+
+    A gene has the same median in every version whose vocabulary holds it.
+    """
+    index = {g: i for i, g in enumerate(gene_universe())}
+    medians = _universe_medians()
+    return {g: float(medians[index[g]]) for g in vocabulary_genes(version)}
+
+
+@lru_cache(maxsize=4)
+def _aliases(version: str) -> tuple[tuple[str, str], ...]:
+    vocab = vocabulary_genes(version)
+    rng = np.random.default_rng(_SEED + 4 + int(version[1:]))
+    targets = rng.choice(len(vocab), size=ALIASES_PER_VERSION, replace=True)
+    return tuple((ensembl_id(_ALIAS_BASE + i), vocab[int(t)]) for i, t in enumerate(targets))
+
+
+def gene_aliases(version: str) -> dict[str, str]:
+    """Alias ids (outside the universe) mapped onto vocabulary genes of ``version``; some targets have two."""
+    return dict(_aliases(version))
+
+
+def gene_mapping(version: str) -> dict[str, str]:
+    """The Ensembl mapping dictionary: identity on the vocabulary plus :func:`gene_aliases`."""
+    return {**{g: g for g in vocabulary_genes(version)}, **gene_aliases(version)}
