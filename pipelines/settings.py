@@ -53,7 +53,10 @@ class Settings(BaseSettings):
     )
     part_cells: int = Field(default=16384, ge=64, description="Cells per Zarr part (the unit of parallel work).")
     shard_cells: int = Field(default=4096, ge=16, description="Cells per Zarr shard inside a part.")
-    default_model: str = Field(default="gf-6L-10M-i2048", description="Model used when none is named.")
+    models: str = Field(
+        default="gf-6L-10M-i2048",
+        description="Comma-separated models the embedding DAG runs for every dataset; the first is the default.",
+    )
     execution_mode: Literal["local", "docker", "kubernetes"] = Field(
         default="local", description="How Airflow runs the steps: in its worker, in the worker image, or as pods."
     )
@@ -68,6 +71,10 @@ class Settings(BaseSettings):
         default=None, description="Comma-separated service names: start only these (e.g. `s3,mlflow`)."
     )
     log_level: str = Field(default="INFO", description="Log level of the CLI and steps.")
+
+    @property
+    def model_list(self) -> list[str]:
+        return [m.strip() for m in self.models.split(",") if m.strip()]
 
     @property
     def is_s3(self) -> bool:

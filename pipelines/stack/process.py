@@ -62,6 +62,7 @@ class Service:
     optional: bool = False
     startup_timeout: float = 60.0
     prepare: Callable[[], None] | None = None
+    after_start: Callable[[], None] | None = None
     install_hint: str = ""
 
     @property
@@ -118,7 +119,9 @@ class ProcessManager:
         if self.pid(svc.name) is not None:
             if self._wait_healthy(svc, self.pid(svc.name), timeout=svc.startup_timeout):
                 return "already running"
-            raise ConfigError(f"{svc.name} runs (pid file {self.pid_file(svc.name)}) but is not healthy; see {self.log_file(svc.name)}")
+            raise ConfigError(
+                f"{svc.name} runs (pid {self.pid(svc.name)}) but is not healthy; see {self.log_file(svc.name)}"
+            )
         if port_open(svc.host, svc.port):
             raise ConfigError(
                 f"{svc.name}: port {svc.port} on {svc.host} is taken by another process; stop it or set "
@@ -146,6 +149,8 @@ class ProcessManager:
             tail = self.tail(svc.name)
             self.stop(svc.name)
             raise ConfigError(f"{svc.name} did not become healthy within {svc.startup_timeout:.0f}s; log tail:\n{tail}")
+        if svc.after_start:
+            svc.after_start()
         return "started"
 
     def _wait_healthy(self, svc: Service, pid: int | None, timeout: float) -> bool:

@@ -61,8 +61,18 @@ def s3_service(settings: Settings, creds: dict[str, str]) -> Service:
     auth = f"{creds['SCLAKE_S3_ACCESS_KEY']},{creds['SCLAKE_S3_SECRET_KEY']}"
     return Service(
         name="s3",
-        argv=[venv_binary("rclone"), "serve", "s3", str(root), "--addr", f"{settings.stack_host}:{settings.stack_s3_port}",
-              "--auth-key", auth, "--log-level", "NOTICE"],
+        argv=[
+            venv_binary("rclone"),
+            "serve",
+            "s3",
+            str(root),
+            "--addr",
+            f"{settings.stack_host}:{settings.stack_s3_port}",
+            "--auth-key",
+            auth,
+            "--log-level",
+            "NOTICE",
+        ],
         host=settings.stack_host,
         port=settings.stack_s3_port,
         prepare=prepare,
@@ -78,9 +88,21 @@ def mlflow_service(settings: Settings) -> Service:
 
     return Service(
         name="mlflow",
-        argv=[venv_binary("mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-              "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
-              "--host", settings.stack_host, "--port", str(settings.stack_mlflow_port), "--workers", "1"],
+        argv=[
+            venv_binary("mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--serve-artifacts",
+            "--host",
+            settings.stack_host,
+            "--port",
+            str(settings.stack_mlflow_port),
+            "--workers",
+            "1",
+        ],
         host=settings.stack_host,
         port=settings.stack_mlflow_port,
         health_url=f"http://{settings.stack_host}:{settings.stack_mlflow_port}/health",
@@ -157,7 +179,11 @@ def up(settings: Settings | None = None) -> list[ServiceStatus]:
         if what != "not installed":
             started.add(svc.name)
             write_env_file(env_path, stack_env(settings, services, started))
-        out.append(ServiceStatus(svc.name, "not installed" if what == "not installed" else "running", svc.url, pm.pid(svc.name)))
+        out.append(
+            ServiceStatus(
+                svc.name, "not installed" if what == "not installed" else "running", svc.url, pm.pid(svc.name)
+            )
+        )
     return out
 
 

@@ -1,0 +1,100 @@
+"""sclake embeddings: scheduled on the datasets asset; for every configured model,
+embed each new dataset → validate the outputs → record lineage in MLflow.
+
+Wiring only: every task calls one step of `pipelines.orchestration.steps`. Embedding tasks
+run in the Airflow pool and queue of the model's resource profile (a GPU pool sized to the
+GPUs present), so GPU work never oversubscribes. Outputs are idempotent by dataset id: a
+dataset whose embeddings are already published is not embedded again.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk import dag, task, task_group
+
+from pipelines.orchestration.dagkit import (
+    DATASETS,
+    DEFAULT_ARGS,
+    as_manifest,
+    configured_models,
+    container_step,
+    execution_mode,
+    mapped_item,
+    profile_for,
+    run_step,
+    step_command,
+)
+
+
+@task
+def pending(model: str, triggering_asset_events=None) -> list[str]:
+    """Datasets named by the triggering asset events; on a manual run, every one still missing."""
+    from pipelines.orchestration.steps import datasets_to_embed
+    from pipelines.settings import load_settings
+
+    ids = [
+        event.extra["dataset_id"]
+        for events in (triggering_asset_events or {}).values()
+        for event in events
+        if (event.extra or {}).get("dataset_id")
+    ]
+    return datasets_to_embed(load_settings(), model, ids or None)
+
+
+@task
+def validate_outputs(manifest: Any) -> dict[str, Any]:
+    m = as_manifest(manifest)
+    return run_step("validate_embeddings", dataset_id=m["dataset_id"], model=m["model"])
+
+
+@task
+def lineage(manifest: Any, checked: dict[str, Any]) -> dict[str, Any]:
+    m = as_manifest(manifest)
+    return run_step("record_lineage", dataset_id=m["dataset_id"], model=m["model"], embed_manifest=m)
+
+
+def model_group(model: str) -> None:
+    """pending → per dataset: embed → validate outputs → lineage."""
+    profile = profile_for(model)
+    pool = {"pool": profile.airflow_pool, "queue": profile.airflow_queue} if profile else {}
+    group = _group_id(model)
+
+    @task(task_id="embed", **pool)
+    def embed(dataset_id: str) -> dict[str, Any]:
+        return run_step("embed", dataset_id=dataset_id, model=model)
+
+    @task_group(group_id="dataset")
+    def per_dataset(dataset_id: str) -> None:
+        if execution_mode() == "local":
+            out = embed(dataset_id)
+        else:
+            command = step_command("embed", dataset_id=mapped_item(f"{group}.pending"), model=model)
+            out = container_step("embed", command, model=model, **pool).output
+        lineage(out, validate_outputs(out))
+
+    per_dataset.expand(dataset_id=pending.override(task_id="pending")(model))
+
+
+def _group_id(model: str) -> str:
+    return "embed_" + re.sub(r"[^A-Za-z0-9_]", "_", model)
+
+
+@dag(
+    dag_id="sclake_embed",
+    schedule=[DATASETS],
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["sclake"],
+    doc_md=__doc__,
+)
+def sclake_embed() -> None:
+    for model in configured_models():
+        task_group(group_id=_group_id(model))(model_group)(model)
+
+
+sclake_embed()

@@ -1,0 +1,115 @@
+"""What the DAG files share: the datasets asset, step runners and operator builders per execution mode.
+
+``SCLAKE_EXECUTION_MODE`` picks how a step runs:
+
+- ``local``: a TaskFlow task calls the step function in the Airflow worker's environment.
+- ``docker``: a ``DockerOperator`` runs ``sclake step <name>`` in the worker image, with the
+  GPU requested from the model's resource profile and the model cache and data mounted.
+- ``kubernetes``: a ``KubernetesPodOperator`` runs the same command with requests/limits and
+  GPUs from the profile.
+
+Container steps read their input from the upstream task's XCom (templated) and push the
+step's JSON result as their own XCom, so the three modes produce the same manifests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Asset
+
+DATASETS = Asset("sclake_datasets")
+MODES = ("local", "docker", "kubernetes")
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "sclake",
+    "retries": 0,
+}
+TRANSIENT_RETRIES: dict[str, Any] = {
+    "retries": 4,
+    "retry_delay": timedelta(seconds=15),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+def execution_mode() -> str:
+    mode = os.environ.get("SCLAKE_EXECUTION_MODE", "local")
+    if mode not in MODES:
+        raise ValueError(f"SCLAKE_EXECUTION_MODE={mode!r} is not one of {MODES}")
+    return mode
+
+
+def configured_models() -> list[str]:
+    from pipelines.settings import load_settings
+
+    return load_settings().model_list
+
+
+def run_step(name: str, **kwargs: Any) -> Any:
+    """Run a step in this process with the settings of the environment (local mode)."""
+    from pipelines.logs import setup_logging
+    from pipelines.orchestration.steps import STEPS
+    from pipelines.settings import load_settings
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    return STEPS[name](settings, **kwargs)
+
+
+def as_manifest(value: Any) -> Any:
+    """Container steps push their result as a JSON line; local steps push the object itself."""
+    if isinstance(value, str | bytes):
+        return json.loads(value)
+    return value
+
+
+def step_command(step: str, *, manifest: str | None = None, **values: str) -> list[str]:
+    """The worker-image command of a step: ``sclake step NAME [--manifest JSON] [--set k=v ...]``.
+
+    ``manifest`` and the values may be Jinja templates (rendered by Airflow before the
+    container starts), e.g. :func:`upstream_manifest`.
+    """
+    cmd = ["sclake", "step", step]
+    if manifest is not None:
+        cmd += ["--manifest", manifest]
+    for k, v in values.items():
+        cmd += ["--set", f"{k}={v}"]
+    return cmd
+
+
+def upstream_manifest(task_id: str) -> str:
+    """Template: the XCom of ``task_id`` at this task's map index (a container step's JSON line)."""
+    return "{{ ti.xcom_pull(task_ids='" + task_id + "', map_indexes=ti.map_index) }}"
+
+
+def mapped_item(task_id: str) -> str:
+    """Template: element ``map_index`` of the list ``task_id`` returned (the input of a mapped group)."""
+    return "{{ ti.xcom_pull(task_ids='" + task_id + "')[ti.map_index] }}"
+
+
+def profile_for(model: str | None):
+    if not model:
+        return None
+    from pipelines.profiles import get_profile
+
+    return get_profile(model)
+
+
+def container_step(
+    task_id: str, command: list[str], *, model: str | None = None, mode: str | None = None, **op_kwargs: Any
+):
+    """A docker or kubernetes operator running ``command`` in the worker image (see the module docstring)."""
+    mode = mode or execution_mode()
+    if mode == "docker":
+        from pipelines.orchestration.containers import docker_operator
+
+        return docker_operator(task_id, command, profile=profile_for(model), **op_kwargs)
+    if mode == "kubernetes":
+        from pipelines.orchestration.containers import kubernetes_operator
+
+        return kubernetes_operator(task_id, command, profile=profile_for(model), **op_kwargs)
+    raise ValueError(f"container steps need SCLAKE_EXECUTION_MODE docker or kubernetes, not {mode!r}")

@@ -1,0 +1,120 @@
+"""The pipeline's steps as plain functions over small manifests (dicts of ids and URIs).
+
+Airflow tasks, the ``sclake step`` command (used by the container execution modes) and
+``sclake run`` call these and nothing else; each takes ``Settings`` and JSON-able
+arguments and returns a JSON-able manifest, never arrays or data frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.lake import PATHS, Lake
+from pipelines.logs import get_logger
+from pipelines.settings import Settings
+
+log = get_logger(__name__)
+
+# Outcomes of an upload.
+INGESTED, ALREADY, QUARANTINED, PASSED, WARNED = "ingested", "already", "quarantined", "passed", "warned"
+
+
+def ingest_upload(settings: Settings, key: str) -> dict[str, Any]:
+    """Ingest one upload (a lake key under ``incoming/`` or any URI).
+
+    Unusable files are quarantined here (no retry can fix them); transient errors (the
+    object store unreachable) propagate so that the caller retries.
+    """
+    from pipelines.errors import InputError
+    from pipelines.ingest import ingest
+    from pipelines.metrics import record_upload
+    from pipelines.quarantine import quarantine_upload
+
+    lake = Lake(settings)
+    uri = key if "://" in key else lake.url(key)
+    try:
+        result = ingest(settings, uri)
+    except InputError as e:
+        q = quarantine_upload(settings, uri, e)
+        record_upload(settings, QUARANTINED, reason=e.code)
+        log.warning("quarantined %s: %s", uri, e)
+        return {"key": key, "dataset_id": q.dataset_id, "outcome": QUARANTINED, "code": e.code, "reason": str(e)}
+    outcome = ALREADY if result.already else INGESTED
+    if not result.already:
+        record_upload(settings, INGESTED)
+    return {"key": key, "dataset_id": result.dataset_id, "outcome": outcome, "n_obs": result.n_obs}
+
+
+def validate_upload(settings: Settings, manifest: dict[str, Any], model: str | None = None) -> dict[str, Any]:
+    """Validate a freshly ingested dataset; quarantine it when it fails. Passes other outcomes through."""
+    if manifest.get("outcome") != INGESTED:
+        return manifest
+    from pipelines.quarantine import quarantine_dataset
+    from pipelines.validate import validate_dataset
+
+    model = model or settings.model_list[0]
+    result = validate_dataset(settings, manifest["dataset_id"], model=model)
+    if not result.ok:
+        quarantine_dataset(settings, manifest["dataset_id"], result)
+        return {**manifest, "outcome": QUARANTINED, "code": result.code, "reason": result.summary_line()}
+    return {**manifest, "outcome": WARNED if result.warnings else PASSED, "validation": result.summary_line()}
+
+
+def datasets_to_embed(settings: Settings, model: str, dataset_ids: list[str] | None = None) -> list[str]:
+    """Datasets that need embeddings with ``model``: the given ones, else every validated dataset
+    without published embeddings (so a manual run catches up on anything missed)."""
+    from pipelines.validate import is_validated
+
+    lake = Lake(settings)
+    if dataset_ids is None:
+        dataset_ids = sorted(
+            p.split("/")[-1].removesuffix(".zarr") for p in lake.ls(PATHS.zarr_dir) if p.endswith(".zarr")
+        )
+    return [
+        d
+        for d in dict.fromkeys(dataset_ids)
+        if lake.is_published(PATHS.zarr(d))
+        and is_validated(lake, d)
+        and not lake.is_published(PATHS.embeddings(model, d))
+    ]
+
+
+def embed(
+    settings: Settings, dataset_id: str, model: str, device: str | None = None, precision: str | None = None
+) -> dict[str, Any]:
+    """Tokenise and embed one dataset with one model; idempotent (published output is kept)."""
+    from pipelines.embed import embed_dataset
+
+    result = embed_dataset(settings, dataset_id, model, device=device, precision=precision)
+    return {"dataset_id": dataset_id, "model": model, **result.summary()}
+
+
+def validate_embeddings(settings: Settings, dataset_id: str, model: str) -> dict[str, Any]:
+    """Run the embedding-output suite; raises when the output is wrong (it should never be)."""
+    from pipelines.validate import validate_embeddings as check
+
+    result = check(settings, dataset_id, model)
+    return {"dataset_id": dataset_id, "model": model, "outcome": result.outcome}
+
+
+def record_lineage(
+    settings: Settings,
+    dataset_id: str,
+    model: str,
+    embed_manifest: dict[str, Any] | None = None,
+    upload_key: str | None = None,
+) -> dict[str, Any]:
+    """One MLflow run per (dataset, model), linked to the dataset's ingestion run."""
+    from pipelines.lineage import record_dataset_lineage
+
+    run_id = record_dataset_lineage(settings, dataset_id, model, embed_manifest=embed_manifest, upload_key=upload_key)
+    return {"dataset_id": dataset_id, "model": model, "mlflow_run_id": run_id}
+
+
+STEPS = {
+    "ingest_upload": ingest_upload,
+    "validate_upload": validate_upload,
+    "embed": embed,
+    "validate_embeddings": validate_embeddings,
+    "record_lineage": record_lineage,
+}
