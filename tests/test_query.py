@@ -1,0 +1,176 @@
+"""DuckDB over the lake: counts per model and dataset on file:// and on the rclone S3 server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.cli import main
+from pipelines.lake import PATHS, Lake, part_name
+from pipelines.query import (
+    committed_partitions,
+    connect,
+    extension_path,
+    run_query,
+    s3_secret_sql,
+    write_result,
+)
+from pipelines.settings import Settings
+
+DS_A, DS_B, DS_DIGITS = "0123456789abcdef", "fedcba9876543210", "1234567890123456"
+
+
+def embedding_table(n: int, dim: int, seed: int, prefix: str = "cell") -> pa.Table:
+    """Rows in the embedding Parquet schema: cell_id, embedding (fixed_size_list<float32>), cell_type."""
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal(n * dim).astype(np.float32)
+    return pa.table(
+        {
+            "cell_id": pa.array([f"{prefix}-{i}" for i in range(n)], pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(values), dim),
+            "cell_type": pa.array([f"type-{i % 3}" for i in range(n)], pa.string()),
+        }
+    )
+
+
+def publish_embeddings(settings: Settings, model: str, dataset_id: str, sizes: list[int], dim: int = 8) -> None:
+    """One committed partition with one part per entry of ``sizes``."""
+    lake = Lake(settings)
+    with lake.publishing(PATHS.embeddings(model, dataset_id), info={"rows": sum(sizes)}) as stage:
+        start = 0
+        for part, n in enumerate(sizes):
+            seed = zlib.crc32(f"{model}/{dataset_id}/{part}".encode())
+            table = embedding_table(n, dim, seed=seed, prefix=f"c{start}")
+            with lake.open(f"{stage}/{part_name(part)}.parquet", "wb") as f:
+                pq.write_table(table, f)
+            start += n
+
+
+def write_unpublished(settings: Settings, model: str, dataset_id: str, n: int) -> None:
+    """A part in the final place but without a commit marker (an S3 commit cut short)."""
+    lake = Lake(settings)
+    with lake.open(PATHS.embedding_part(model, dataset_id, 0), "wb") as f:
+        pq.write_table(embedding_table(n, 8, seed=1), f)
+
+
+@pytest.fixture(scope="module", params=["file", "s3"])
+def two_models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A lake (file:// and s3://, built once per module) with two models over three datasets."""
+    tmp = tmp_path_factory.mktemp("query")
+    settings = Settings(home=tmp / "home", lake_uri=f"file://{tmp / 'lake'}", pushgateway_url=None)
+    if request.param == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        settings = settings.model_copy(
+            update={
+                "lake_uri": f"s3://{s3.bucket}/query-{tmp.name}",
+                "s3_endpoint_url": s3.endpoint_url,
+                "s3_access_key": s3.access_key,
+                "s3_secret_key": s3.secret_key,
+            }
+        )
+    publish_embeddings(settings, "gf-a", DS_A, [40, 25])
+    publish_embeddings(settings, "gf-a", DS_B, [30])
+    publish_embeddings(settings, "gf-b", DS_A, [40, 25], dim=16)
+    publish_embeddings(settings, "gf-b", DS_DIGITS, [7], dim=16)
+    write_unpublished(settings, "gf-c", DS_A, 11)
+    return settings
+
+
+def test_counts_per_model_and_dataset(two_models: Settings) -> None:
+    con = connect(two_models)
+    rows = con.execute("SELECT model, dataset_id, count(*) FROM embeddings GROUP BY ALL ORDER BY ALL").fetchall()
+    assert rows == [("gf-a", DS_A, 65), ("gf-a", DS_B, 30), ("gf-b", DS_A, 65), ("gf-b", DS_DIGITS, 7)]
+    # a dataset id of digits only stays a string; widths differ per model
+    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE embeddings)").fetchall())
+    assert types["dataset_id"] == "VARCHAR" and types["model"] == "VARCHAR"
+    widths = con.execute("SELECT model, min(len(embedding)), max(len(embedding)) FROM embeddings GROUP BY 1 ORDER BY 1")
+    assert widths.fetchall() == [("gf-a", 8, 8), ("gf-b", 16, 16)]
+    assert con.execute("SELECT count(DISTINCT cell_type) FROM embeddings").fetchone()[0] == 3
+
+
+def test_uncommitted_partitions_are_invisible(two_models: Settings) -> None:
+    lake = Lake(two_models)
+    assert lake.exists(PATHS.embedding_part("gf-c", DS_A, 0))
+    assert ("gf-c", DS_A) not in committed_partitions(lake)
+    con = connect(two_models)
+    assert con.execute("SELECT count(*) FROM embeddings WHERE model = 'gf-c'").fetchone()[0] == 0
+    # staged work (what a crashed writer leaves) is not read either
+    with pytest.raises(RuntimeError), lake.publishing(PATHS.embeddings("gf-d", DS_A)) as stage:
+        with lake.open(f"{stage}/part-00000.parquet", "wb") as f:
+            pq.write_table(embedding_table(5, 8, seed=2), f)
+        raise RuntimeError("crash before commit")
+    assert connect(two_models).execute("SELECT count(*) FROM embeddings WHERE model = 'gf-d'").fetchone()[0] == 0
+
+
+def test_empty_lake_has_views(settings_file: Settings) -> None:
+    con = connect(settings_file)
+    assert con.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM cells").fetchone()[0] == 0
+
+
+def test_extensions_come_from_the_packages(settings_s3: Settings) -> None:
+    import duckdb
+
+    assert extension_path("httpfs").name == "httpfs.duckdb_extension"
+    assert f"v{duckdb.__version__}" in str(extension_path("vss"))
+    con = connect(settings_s3)
+    loaded = dict(con.execute("SELECT extension_name, loaded FROM duckdb_extensions()").fetchall())
+    assert loaded["httpfs"] and loaded["vss"]
+    assert con.execute("SELECT current_setting('autoinstall_known_extensions')").fetchone()[0] is False
+    assert con.execute("SELECT current_setting('autoload_known_extensions')").fetchone()[0] is False
+    secret = con.execute("SELECT type, scope FROM duckdb_secrets()").fetchall()
+    assert secret == [("s3", [f"s3://{settings_s3.lake_uri[5:].split('/')[0]}"])]
+
+
+def test_secret_follows_the_endpoint_scheme() -> None:
+    s = Settings(lake_uri="s3://bucket/x", s3_endpoint_url="https://minio.example:9000", s3_access_key="k")
+    sql = s3_secret_sql(s)
+    assert "ENDPOINT 'minio.example:9000'" in sql and "USE_SSL true" in sql and "URL_STYLE 'path'" in sql
+    assert "USE_SSL false" in s3_secret_sql(s.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:9000"}))
+    with pytest.raises(Exception, match="not an http"):
+        s3_secret_sql(s.model_copy(update={"s3_endpoint_url": "minio:9000"}))
+
+
+def test_output_formats(two_models: Settings) -> None:
+    sql = "SELECT model, dataset_id, count(*) AS n FROM embeddings GROUP BY ALL ORDER BY ALL"
+    out = io.StringIO()
+    assert run_query(two_models, sql, "csv", out) == 4
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert rows[0] == {"model": "gf-a", "dataset_id": DS_A, "n": "65"}
+    out = io.StringIO()
+    run_query(two_models, "SELECT cell_id, embedding FROM embeddings WHERE model = 'gf-a' LIMIT 2", "json", out)
+    records = json.loads(out.getvalue())
+    assert len(records) == 2 and len(records[0]["embedding"]) == 8
+    out = io.StringIO()
+    run_query(two_models, sql, "table", out)
+    assert "gf-b" in out.getvalue() and DS_DIGITS in out.getvalue()
+    out = io.StringIO()
+    con = connect(two_models)
+    assert write_result(con.sql("SELECT 1 AS x WHERE false"), "json", out) == 0 and json.loads(out.getvalue()) == []
+
+
+def _cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    monkeypatch.setenv("SCLAKE_HOME", str(settings.home))
+    monkeypatch.setenv("SCLAKE_LAKE_URI", settings.lake_uri)
+    for name in ("s3_endpoint_url", "s3_access_key", "s3_secret_key"):
+        value = getattr(settings, name)
+        if value:
+            monkeypatch.setenv(f"SCLAKE_{name.upper()}", value)
+
+
+def test_cli_query(two_models: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    _cli_env(monkeypatch, two_models)
+    sql = "SELECT model, count(*) AS n FROM embeddings GROUP BY 1 ORDER BY 1"
+    assert main(["query", sql, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"model": "gf-a", "n": 95}, {"model": "gf-b", "n": 72}]
+    assert main(["query", "SELECT no_such_column FROM embeddings"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sclake: error: query failed:") and "no_such_column" in err and "\n" not in err
+    assert main(["query", "SELECT 1", "--format", "xml"]) != 0
