@@ -103,6 +103,21 @@ class LakePaths:
     def qc_plot(self, dataset_id: str, model: str) -> str:
         return f"{self.reports(dataset_id)}/qc/{check_model_name(model)}.png"
 
+    def validation(self, dataset_id: str, model: str | None = None) -> str:
+        """Published folder of a validation: ``reports/<id>/validation`` (the dataset suites) or
+        ``reports/<id>/embedding_validation/model=<m>`` (the embedding-output suite).
+
+        Holds ``validation.json`` (the summary), ``gx_results.json``, ``data_docs/`` (GX Data Docs)
+        and, for the dataset, ``validated_cells.parquet``.
+        """
+        if model is None:
+            return f"{self.reports(dataset_id)}/validation"
+        return f"{self.reports(dataset_id)}/embedding_validation/model={check_model_name(model)}"
+
+    def validated_cells(self, dataset_id: str) -> str:
+        """Per cell (part, row): its stats and whether it passed validation (``kept``)."""
+        return f"{self.validation(dataset_id)}/validated_cells.parquet"
+
     def cells(self, dataset_id: str) -> str:
         """The published directory holding a dataset's ``obs.parquet``."""
         return f"{self.cells_dir}/dataset_id={check_dataset_id(dataset_id)}"
