@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     stack_airflow_port: int = Field(default=8080, description="Port of the embedded Airflow API server.")
     stack_prometheus_port: int = Field(default=9090, description="Port of the embedded Prometheus.")
     stack_pushgateway_port: int = Field(default=9091, description="Port of the embedded Pushgateway.")
+    stack_node_exporter_port: int = Field(default=9100, description="Port of the embedded node-exporter.")
+    stack_airflow_exporter_port: int = Field(
+        default=9112, description="Port of the embedded Airflow exporter (task and DAG-run metrics for Prometheus)."
+    )
     stack_only: str | None = Field(
         default=None, description="Comma-separated service names: start only these (e.g. `s3,mlflow`)."
     )
