@@ -1,0 +1,182 @@
+"""Small aggregate tables that the expectation suites validate, computed part by part.
+
+X is never loaded whole: each Zarr part (a few thousand cells) is summarised on its own
+(in a Dask task) into
+
+* per-cell statistics (``total_counts``, ``n_genes``), a few numbers per cell;
+* a value summary of the part (min, max, NaN/inf/negative/non-integer counts), one row;
+* per-gene sums (cells expressing the gene, total counts), one vector per part, summed.
+
+and the tables the suites read are concatenations (cells, values) or sums (genes) of
+those summaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+# How many offending values a part keeps as examples (for reasons and reports).
+EXAMPLES = 5
+
+
+@dataclass
+class PartSummary:
+    """What one part contributes to the aggregate tables."""
+
+    part: int
+    total_counts: np.ndarray  # float64 (n_cells,)
+    n_genes: np.ndarray  # int64 (n_cells,)
+    gene_cells: np.ndarray  # int64 (n_vars,)
+    gene_counts: np.ndarray  # float64 (n_vars,)
+    values: dict[str, float | int] = field(default_factory=dict)
+    nonint_examples: list[float] = field(default_factory=list)
+    negative_examples: list[float] = field(default_factory=list)
+
+
+def _stored(block: sp.spmatrix | np.ndarray) -> tuple[np.ndarray, sp.csr_matrix | None, int]:
+    """``(values, csr, n_implicit)``: the stored values, the CSR form (None for dense), implicit zeros."""
+    if sp.issparse(block):
+        csr = sp.csr_matrix(block)
+        n_implicit = csr.shape[0] * csr.shape[1] - csr.nnz
+        return np.asarray(csr.data), csr, n_implicit
+    dense = np.asarray(block)
+    return dense.reshape(-1), None, 0
+
+
+def summarise_block(block: sp.spmatrix | np.ndarray, part: int = 0) -> PartSummary:
+    """Summarise one block of X (cells x genes, sparse or dense) without densifying it.
+
+    Non-finite values are counted and left out of the sums and extremes, so that one NaN
+    does not hide what the rest of the part holds.
+    """
+    n_cells, n_vars = block.shape
+    values, csr, n_implicit = _stored(block)
+    nan = np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+    inf = np.isinf(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+    finite_mask = ~(nan | inf)
+    finite = values[finite_mask].astype(np.float64, copy=False)
+    nonint = finite != np.round(finite)
+    negative = finite < 0
+    lo = float(finite.min()) if finite.size else np.nan
+    hi = float(finite.max()) if finite.size else np.nan
+    if n_implicit:
+        lo = 0.0 if np.isnan(lo) else min(lo, 0.0)
+        hi = 0.0 if np.isnan(hi) else max(hi, 0.0)
+    clean = np.where(finite_mask, values, 0).astype(np.float64, copy=False)
+    positive = clean > 0
+    if csr is not None:
+        rows = np.repeat(np.arange(n_cells), np.diff(csr.indptr))
+        total = np.bincount(rows, weights=clean, minlength=n_cells)
+        n_genes = np.bincount(rows, weights=positive, minlength=n_cells).astype(np.int64)
+        gene_cells = np.bincount(csr.indices, weights=positive, minlength=n_vars).astype(np.int64)
+        gene_counts = np.bincount(csr.indices, weights=clean, minlength=n_vars)
+    else:
+        grid = clean.reshape(n_cells, n_vars)
+        pos = positive.reshape(n_cells, n_vars)
+        total, n_genes = grid.sum(axis=1), pos.sum(axis=1).astype(np.int64)
+        gene_cells, gene_counts = pos.sum(axis=0).astype(np.int64), grid.sum(axis=0)
+    summary = {
+        "part": int(part),
+        "n_cells": int(n_cells),
+        "nnz": int(values.size if csr is not None else np.count_nonzero(values)),
+        "min": lo,
+        "max": hi,
+        "n_negative": int(negative.sum()),
+        "n_nonint": int(nonint.sum()),
+        "n_nan": int(nan.sum()),
+        "n_inf": int(inf.sum()),
+        "max_fraction_digits": _fraction_digits(finite[nonint][:1000]),
+    }
+    return PartSummary(
+        part=int(part),
+        total_counts=np.asarray(total, dtype=np.float64),
+        n_genes=np.asarray(n_genes, dtype=np.int64),
+        gene_cells=np.asarray(gene_cells, dtype=np.int64),
+        gene_counts=np.asarray(gene_counts, dtype=np.float64),
+        values=summary,
+        nonint_examples=[float(v) for v in finite[nonint][:EXAMPLES]],
+        negative_examples=[float(v) for v in finite[negative][:EXAMPLES]],
+    )
+
+
+def _fraction_digits(values: np.ndarray) -> int:
+    """Largest number of decimals (up to 6) among non-integer values; 0 when there are none."""
+    if values.size == 0:
+        return 0
+    for digits in range(1, 7):
+        if np.all(np.abs(values * 10**digits - np.round(values * 10**digits)) < 1e-3):
+            return digits
+    return 6
+
+
+@dataclass
+class Aggregates:
+    """The tables the dataset suites validate (see ``schemas/expectations/``)."""
+
+    cells: pd.DataFrame  # part, row, total_counts, n_genes
+    values: pd.DataFrame  # one row per part
+    gene_cells: np.ndarray
+    gene_counts: np.ndarray
+    nonint_examples: list[float]
+    negative_examples: list[float]
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.cells)
+
+
+def combine(summaries: list[PartSummary], n_vars: int) -> Aggregates:
+    """Concatenate per-part summaries (in part order) into the aggregate tables."""
+    summaries = sorted(summaries, key=lambda s: s.part)
+    cells = pd.DataFrame(
+        {
+            "part": np.concatenate([np.full(len(s.total_counts), s.part, np.int32) for s in summaries] or [[]]).astype(
+                np.int32
+            ),
+            "row": np.concatenate([np.arange(len(s.total_counts), dtype=np.int32) for s in summaries] or [[]]).astype(
+                np.int32
+            ),
+            "total_counts": np.concatenate([s.total_counts for s in summaries] or [[]]).astype(np.float64),
+            "n_genes": np.concatenate([s.n_genes for s in summaries] or [[]]).astype(np.int64),
+        }
+    )
+    columns = ["part", "n_cells", "nnz", "min", "max", "n_negative", "n_nonint", "n_nan", "n_inf"]
+    values = pd.DataFrame([s.values for s in summaries], columns=[*columns, "max_fraction_digits"])
+    gene_cells = np.zeros(n_vars, np.int64)
+    gene_counts = np.zeros(n_vars, np.float64)
+    for s in summaries:
+        gene_cells += s.gene_cells
+        gene_counts += s.gene_counts
+    return Aggregates(
+        cells=cells,
+        values=values,
+        gene_cells=gene_cells,
+        gene_counts=gene_counts,
+        nonint_examples=[v for s in summaries for v in s.nonint_examples][:EXAMPLES],
+        negative_examples=[v for s in summaries for v in s.negative_examples][:EXAMPLES],
+    )
+
+
+def value_overview(values: pd.DataFrame) -> dict[str, float | int | None]:
+    """Dataset-wide min/max and counts from the per-part value table."""
+    if values.empty:
+        return {"min": None, "max": None, "n_negative": 0, "n_nonint": 0, "n_nan": 0, "n_inf": 0, "nnz": 0}
+
+    def _extreme(col: str, how: str) -> float | None:
+        s = values[col].dropna()
+        return None if s.empty else float(getattr(s, how)())
+
+    return {
+        "min": _extreme("min", "min"),
+        "max": _extreme("max", "max"),
+        "n_negative": int(values["n_negative"].sum()),
+        "n_nonint": int(values["n_nonint"].sum()),
+        "n_nan": int(values["n_nan"].sum()),
+        "n_inf": int(values["n_inf"].sum()),
+        "nnz": int(values["nnz"].sum()),
+        "max_fraction_digits": int(values["max_fraction_digits"].max()),
+    }

@@ -1,0 +1,133 @@
+"""``validate_dataset``: the dataset suites over a published Zarr dataset, reports to the lake."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.lake import PATHS, Lake, check_dataset_id
+from pipelines.logs import Progress, get_logger
+from pipelines.settings import Settings
+from pipelines.validate.aggregates import PartSummary, combine, summarise_block
+from pipelines.validate.checks import Inputs, run_checks
+from pipelines.validate.outcome import FAIL, ValidationResult
+from pipelines.validate.report import cells_table, publish
+from pipelines.validate.vocabulary import model_vocabulary
+
+log = get_logger(__name__)
+
+
+def summarise_part(url: str, storage_options: dict[str, Any], part: int) -> PartSummary:
+    """Read one Zarr part's counts and summarise them (a Dask task: small arguments, small result)."""
+    from pipelines.dataset import Dataset
+
+    return summarise_block(Dataset(url, storage_options).read_part_csr(part), part)
+
+
+def map_parts(url: str, storage_options: dict[str, Any], parts: list[int], client: Any = None) -> list[PartSummary]:
+    """Summarise every part with Dask: on ``client`` when given, else with Dask's local threaded scheduler."""
+    if not parts:
+        return []
+    progress = Progress("validate", total=len(parts), unit="parts", logger=log)
+    if client is not None:
+        from distributed import as_completed
+
+        futures = [client.submit(summarise_part, url, storage_options, p, pure=False) for p in parts]
+        out = []
+        for fut in as_completed(futures):
+            out.append(fut.result())
+            progress.advance(1)
+        progress.finish()
+        return out
+    import dask
+
+    tasks = [dask.delayed(summarise_part)(url, storage_options, p) for p in parts]
+    out = list(dask.compute(*tasks, scheduler="threads"))
+    progress.advance(len(parts))
+    progress.finish()
+    return out
+
+
+def _gene_ids(ds: Any) -> np.ndarray:
+    """Ensembl ids when ingest found them (version suffix removed), else the var index as it is."""
+    if ds.gene_ids is not None:
+        return np.asarray(ds.gene_ids, dtype=object)
+    return np.asarray([str(v) for v in ds.var.index], dtype=object)
+
+
+def _counts_source(ds: Any) -> str:
+    """``layers['counts']`` / ``raw.X`` / ``X``: where the counts came from, in the user's terms."""
+    src = str(getattr(ds, "counts_source", "X") or "X")
+    if src.startswith("layers/"):
+        return f"layers[{src.split('/', 1)[1]!r}]"
+    return src.replace("/", ".")
+
+
+def validate_dataset(
+    settings: Settings, dataset_id: str, model: str | None = None, *, client: Any = None
+) -> ValidationResult:
+    """Run the dataset suites on ``zarr/<dataset_id>.zarr`` and publish the results.
+
+    Parameters
+    ----------
+    settings : Settings
+    dataset_id : str
+        A dataset ingested into the lake.
+    model : str, optional
+        The model whose vocabulary the genes are checked against (default: the first of
+        ``settings.models``).
+    client : distributed.Client, optional
+        Compute the per-part summaries on this Dask client (default: Dask's threaded scheduler).
+
+    Returns
+    -------
+    ValidationResult
+        ``outcome`` is ``pass``, ``pass_with_warnings`` or ``fail`` (with ``code``, ``reason``
+        and ``hint``). Failing is a result, not an exception: the caller quarantines.
+
+    Raises
+    ------
+    LakeError
+        The dataset is not in the lake.
+    ModelFilesError
+        The model's token dictionary is absent.
+    """
+    from pipelines.dataset import open_dataset
+
+    started = time.perf_counter()
+    check_dataset_id(dataset_id)
+    model = model or (settings.model_list[0] if settings.model_list else settings.default_model)
+    lake = Lake(settings)
+    ds = open_dataset(lake, dataset_id)
+    genes, mapping = model_vocabulary(settings, model)
+    summaries = map_parts(ds.url, ds.storage_options, [p.index for p in ds.parts], client)
+    agg = combine(summaries, ds.n_vars)
+    cell_ids = np.asarray([str(v) for v in ds.obs.index], dtype=object) if ds.n_obs else np.zeros(0, object)
+    inputs = Inputs(
+        dataset_id=dataset_id,
+        model=model,
+        cell_ids=cell_ids,
+        gene_ids=_gene_ids(ds),
+        vocabulary=genes,
+        mapping=mapping,
+        counts_source=_counts_source(ds),
+        counts_searched=["layers['counts']", "layers['raw_counts']", "raw.X", "X"],
+    )
+    with tempfile.TemporaryDirectory(prefix="sclake-docs-") as tmp:
+        docs = Path(tmp) / "docs"
+        result, kept, runner = run_checks(inputs, agg, docs)
+        runner.build_docs()
+        final = PATHS.validation(dataset_id)
+        result.report = f"{final}/validation.json"
+        result.data_docs = f"{final}/data_docs/index.html"
+        result.duration_s = time.perf_counter() - started
+        extra = {}
+        if result.outcome != FAIL:
+            extra["validated_cells.parquet"] = cells_table(agg.cells, cell_ids, kept)
+        publish(lake, final, result.to_dict(), runner.results_json(), docs, extra)
+    log.info("validated %s in %.1fs: %s", dataset_id, result.duration_s, result.summary_line())
+    return result
