@@ -46,6 +46,9 @@ class Settings(BaseSettings):
         default=None, description="Dask scheduler address; empty: a LocalCluster of worker processes."
     )
     dask_workers: int = Field(default=2, ge=1, description="Worker processes of the LocalCluster.")
+    dask_worker_memory: str = Field(
+        default="2GiB", description="Memory limit of each LocalCluster worker (the nanny restarts one beyond it)."
+    )
     pushgateway_url: str | None = Field(default=None, description="Prometheus Pushgateway; empty: no push.")
     models_dir: Path | None = Field(
         default=None,
