@@ -1,0 +1,436 @@
+"""One MLflow run per dataset ingestion and one per (dataset, model) embedding, nested under it.
+
+Both functions are idempotent: the ingest run of a dataset is found by its tags before a new
+one is created, and an embedding run is found by the fingerprint of the published Parquet
+(the SHA-256 of its part checksums), so a retried task or a re-run of the pipeline over the
+same outputs returns the existing run id. Run ids are also written to the lake
+(``reports/<id>/lineage/``) for ``sclake lineage``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pipelines.lake import PATHS, Lake, check_dataset_id, check_model_name
+from pipelines.lineage import record, tracking
+from pipelines.logs import get_logger
+
+if TYPE_CHECKING:
+    from pipelines.settings import Settings
+
+log = get_logger(__name__)
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A step result as a plain dict: a mapping, ``summary()``/``to_dict()``, or a dataclass."""
+    if obj is None:
+        return {}
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    for method in ("to_dict", "summary"):
+        fn = getattr(obj, method, None)
+        if callable(fn):
+            out = fn()
+            if isinstance(out, Mapping):
+                return dict(out)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return {k: v for k, v in vars(obj).items() if not k.startswith("_")} if hasattr(obj, "__dict__") else {}
+
+
+def split_values(prefix: str, data: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """Numbers of a (nested) result become metrics, everything else params, keys prefixed."""
+    metrics: dict[str, float] = {}
+    params: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            m, p = split_values(name, value)
+            metrics.update(m)
+            params.update(p)
+        elif isinstance(value, bool) or value is None:
+            if value is not None:
+                params[name] = str(value).lower()
+        elif isinstance(value, int | float):
+            metrics[name] = float(value)
+        else:
+            params[name] = value if isinstance(value, str) else json.dumps(value, default=str)
+    return metrics, params
+
+
+def _dataset_facts(lake: Lake, dataset_id: str) -> tuple[dict[str, Any], Any]:
+    """Zarr commit info and root attributes, and the MLflow schema of obs (from the first part)."""
+    from pipelines.dataset import open_dataset
+
+    ds = open_dataset(lake, dataset_id)
+    attrs = {k: v for k, v in ds.attrs.items() if k != "parts"}
+    attrs["n_parts"] = len(ds.parts)
+    obs = ds.obs_part(0) if ds.parts else ds.obs
+    return attrs, tracking.obs_schema(obs)
+
+
+def _validation(lake: Lake, dataset_id: str, validation: Any, model: str | None = None) -> dict[str, Any]:
+    """Validation summary: the given result, else ``validation.json`` from the lake."""
+    data = as_dict(validation)
+    if not data:
+        files = record.validation_files(lake, dataset_id, model)
+        if "validation.json" in files:
+            data = json.loads(files["validation.json"])
+    return data
+
+
+def _validation_tags(prefix: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    keep = ("outcome", "code", "ok", "summary")
+    return {f"{prefix}.{k}": data[k] for k in keep if k in data and not isinstance(data[k], Mapping | list)}
+
+
+def _common_tags(kind: str, dataset_id: str, airflow: Mapping[str, Any] | None) -> dict[str, Any]:
+    tags = {tracking.TAG_KIND: kind, tracking.TAG_DATASET: dataset_id}
+    tags.update({f"airflow.{k}": v for k, v in record.airflow_ids(airflow).items()})
+    if commit := record.code_commit():
+        tags["sclake.code.git_commit"] = commit
+    return tags
+
+
+def _dataset_id_of(ingest_result: Any) -> str:
+    if isinstance(ingest_result, str):
+        return check_dataset_id(ingest_result)
+    data = as_dict(ingest_result)
+    if "dataset_id" not in data:
+        raise ValueError(f"ingest result {ingest_result!r} has no dataset_id")
+    return check_dataset_id(str(data["dataset_id"]))
+
+
+def log_ingest_run(
+    settings: Settings,
+    ingest_result: Any,
+    *,
+    upload_key: str | None = None,
+    validation: Any = None,
+    airflow: Mapping[str, Any] | None = None,
+) -> str:
+    """The MLflow run of a dataset's ingestion (created once per dataset; later calls return it).
+
+    Parameters
+    ----------
+    settings
+        Lake and MLflow settings.
+    ingest_result
+        What ``ingest`` returned (an ``IngestResult``, its dict, or just the dataset id).
+    upload_key
+        The ``incoming/`` key the file was uploaded to.
+    validation
+        The dataset's validation result; default: ``validation.json`` from the lake, when present.
+    airflow
+        ``dag_id``, ``run_id``, ``task_id``; default: Airflow's ``AIRFLOW_CTX_*`` variables.
+
+    Returns
+    -------
+    str
+        The MLflow run id.
+    """
+    lake = Lake(settings)
+    dataset_id = _dataset_id_of(ingest_result)
+    client = tracking.get_client(settings)
+    exp = tracking.experiment_id(client, settings)
+    existing = tracking.find_runs(
+        client, exp, {tracking.TAG_KIND: tracking.KIND_INGEST, tracking.TAG_DATASET: dataset_id}
+    )
+    old = record.read_record(lake, dataset_id) or {}
+    if existing:
+        run_id = existing[0].info.run_id
+        upload_key = upload_key or old.get("upload_key") or existing[0].data.params.get("upload_key")
+        if not record.read_record(lake, dataset_id) or old.get("run_id") != run_id:
+            _write_ingest_record(lake, settings, dataset_id, run_id, upload_key)
+        return run_id
+
+    attrs, schema = _dataset_facts(lake, dataset_id)
+    raw_rel = PATHS.raw(dataset_id)
+    result = as_dict(ingest_result) if not isinstance(ingest_result, str) else {}
+    metrics, params = split_values("ingest", {k: v for k, v in result.items() if k != "dataset_id"})
+    checks = _validation(lake, dataset_id, validation)
+    run = client.create_run(
+        exp,
+        run_name=f"ingest {dataset_id}",
+        tags={**_common_tags(tracking.KIND_INGEST, dataset_id, airflow), **_validation_tags("validation", checks)},
+    )
+    run_id = run.info.run_id
+    params.update(
+        {
+            "dataset_id": dataset_id,
+            "upload_key": upload_key,
+            "raw": lake.url(raw_rel),
+            "zarr": lake.url(PATHS.zarr(dataset_id)),
+            "lake_uri": settings.lake_uri,
+        }
+    )
+    params.update(tracking.flat_params("zarr", {k: v for k, v in attrs.items() if not isinstance(v, int | float)}))
+    params.update(tracking.flat_params("versions", record.package_versions()))
+    metrics.update({f"zarr.{k}": v for k, v in attrs.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+    if lake.exists(raw_rel):
+        metrics["raw.bytes"] = lake.size(raw_rel)
+    tracking.log_run_data(client, run_id, params=params, metrics=metrics)
+    tracking.log_dataset_input(
+        client, run_id, source_url=lake.url(raw_rel), dataset_id=dataset_id, schema=schema, context="ingest"
+    )
+    files = {f"validation/{k}": v for k, v in record.validation_files(lake, dataset_id).items()}
+    if checks and "validation/validation.json" not in files:
+        files["validation/validation.json"] = json.dumps(checks, indent=2, default=str).encode()
+    tracking.log_artifacts(client, run_id, files)
+    client.set_terminated(run_id, "FINISHED")
+    _write_ingest_record(lake, settings, dataset_id, run_id, upload_key)
+    log.info("MLflow ingest run %s for dataset %s", run_id, dataset_id)
+    return run_id
+
+
+def _write_ingest_record(lake: Lake, settings: Settings, dataset_id: str, run_id: str, upload_key: str | None) -> None:
+    record.write_record(
+        lake,
+        dataset_id,
+        None,
+        {
+            "kind": tracking.KIND_INGEST,
+            "dataset_id": dataset_id,
+            "upload_key": upload_key,
+            "run_id": run_id,
+            "tracking_uri": tracking.tracking_uri(settings),
+            "experiment": tracking.EXPERIMENT,
+        },
+    )
+
+
+def model_facts(settings: Settings, model: str) -> dict[str, Any]:
+    """Name, version folder, whether the weights are synthetic, and the SHA-256 of every model file."""
+    from pipelines.errors import ConfigError
+    from pipelines.models import model_files, read_manifest
+    from pipelines.models.manifest import file_entries
+
+    try:
+        files = model_files(settings, model)
+        manifest = read_manifest(files)
+        entries = manifest["files"] if manifest else file_entries(files)
+    except (ConfigError, OSError, KeyError) as e:
+        return {"name": model, "files_error": str(e)}
+    return {
+        "name": model,
+        "version": files.version,
+        "synthetic": bool(manifest and manifest.get("synthetic")),
+        "tiny": bool(manifest and manifest.get("tiny")),
+        "manifest": "sclake" if manifest else "none (files as Helical publishes them)",
+        "files": entries,
+    }
+
+
+def fingerprint(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 over the parts' paths and checksums: the identity of one published embedding output."""
+    h = hashlib.sha256()
+    for part in manifest["parts"]:
+        h.update(f"{part['path']}\0{part.get('sha256', part['bytes'])}\n".encode())
+    return h.hexdigest()
+
+
+def find_ingest_run(settings: Settings, dataset_id: str) -> str | None:
+    """Run id of the dataset's ingest run: from the lake record, else by searching MLflow's tags."""
+    rec = record.read_record(Lake(settings), dataset_id)
+    if rec and rec.get("run_id"):
+        return rec["run_id"]
+    client = tracking.get_client(settings)
+    exp = tracking.experiment_id(client, settings)
+    runs = tracking.find_runs(client, exp, {tracking.TAG_KIND: tracking.KIND_INGEST, tracking.TAG_DATASET: dataset_id})
+    return runs[0].info.run_id if runs else None
+
+
+def log_embedding_run(
+    settings: Settings,
+    dataset_id: str,
+    model: str,
+    embed_result: Any = None,
+    *,
+    validation: Any = None,
+    parent_run_id: str | None = None,
+    airflow: Mapping[str, Any] | None = None,
+    qc_plot: bool = True,
+) -> str:
+    """The MLflow run of one (dataset, model) embedding, nested under the dataset's ingest run.
+
+    Logs the input dataset (source ``raw/<id>.h5ad``, digest = the dataset id, schema of
+    obs); the model (name, version, file checksums, synthetic or trained weights); the run's
+    settings (profile, precision, device, token budget, tokenizer) and package versions;
+    Airflow ids; metrics (cells, cells/s, tokens/s, stage durations, peak RSS and GPU
+    memory); and as artifacts the validation results, the Parquet manifest and a QC plot.
+
+    Parameters
+    ----------
+    embed_result
+        What ``embed_dataset`` returned (an ``EmbedResult`` or its ``summary()`` dict); what
+        it lacks is read from the published partition (commit info, Parquet metadata).
+    validation
+        The embedding-output validation; default: the lake's reports.
+    parent_run_id
+        The ingest run; default: the dataset's ingest run (logged now when there is none).
+    qc_plot
+        Draw and log the PCA plot (also written to ``reports/<id>/qc/<model>.png``).
+
+    Returns
+    -------
+    str
+        The MLflow run id (an existing one when this exact output was logged before).
+    """
+    from pipelines.qcplot import write_qc_plot
+
+    check_dataset_id(dataset_id)
+    check_model_name(model)
+    lake = Lake(settings)
+    manifest = record.embeddings_manifest(lake, model, dataset_id)
+    print_ = fingerprint(manifest)
+    client = tracking.get_client(settings)
+    exp = tracking.experiment_id(client, settings)
+    tags = {tracking.TAG_KIND: tracking.KIND_EMBEDDING, tracking.TAG_DATASET: dataset_id, tracking.TAG_MODEL: model}
+    for run in tracking.find_runs(client, exp, {**tags, "sclake.output_fingerprint": print_}):
+        if run.info.status == "FINISHED":
+            _write_embedding_record(lake, settings, dataset_id, model, run.info.run_id, manifest, print_)
+            return run.info.run_id
+    parent_run_id = parent_run_id or find_ingest_run(settings, dataset_id) or log_ingest_run(settings, dataset_id)
+
+    result = as_dict(embed_result)
+    commit = manifest.get("commit") or {}
+    meta = manifest.get("parquet_metadata") or {}
+    facts = model_facts(settings, model)
+    _, schema = _dataset_facts(lake, dataset_id)
+    dataset_checks = _validation(lake, dataset_id, None)
+    output_checks = _validation(lake, dataset_id, validation, model)
+
+    run = client.create_run(
+        exp,
+        run_name=f"embed {dataset_id} {model}",
+        tags={
+            **_common_tags(tracking.KIND_EMBEDDING, dataset_id, airflow),
+            tracking.TAG_MODEL: model,
+            tracking.TAG_PARENT: parent_run_id,
+            "sclake.output_fingerprint": print_,
+            "sclake.model.synthetic": str(facts.get("synthetic", "unknown")).lower(),
+            **_validation_tags("validation", dataset_checks),
+            **_validation_tags("embedding_validation", output_checks),
+        },
+    )
+    run_id = run.info.run_id
+    metrics, params = split_values("embed", {k: v for k, v in result.items() if k not in ("dataset_id", "model")})
+    c_metrics, c_params = split_values("commit", commit)
+    metrics.update(c_metrics)
+    params.update(c_params)
+    params.update(tracking.flat_params("parquet", meta))
+    params.update(tracking.flat_params("model", {k: v for k, v in facts.items() if k != "files"}))
+    params.update({f"model.files.{rel}.sha256": e.get("sha256") for rel, e in facts.get("files", {}).items()})
+    params.update(tracking.flat_params("versions", record.package_versions()))
+    params.update(
+        {
+            "dataset_id": dataset_id,
+            "model_name": model,
+            "embeddings": manifest["prefix"],
+            "raw": lake.url(PATHS.raw(dataset_id)),
+            "zarr": lake.url(PATHS.zarr(dataset_id)),
+        }
+    )
+    metrics.update({"cells": manifest["rows"], "parts": len(manifest["parts"]), "width": manifest["width"] or 0})
+    metrics.update(standard_metrics(result, commit))
+    tracking.log_run_data(client, run_id, params=params, metrics=metrics)
+    tracking.log_dataset_input(
+        client,
+        run_id,
+        source_url=lake.url(PATHS.raw(dataset_id)),
+        dataset_id=dataset_id,
+        schema=schema,
+        context="embedding",
+    )
+    files = {f"validation/dataset/{k}": v for k, v in record.validation_files(lake, dataset_id).items()}
+    files.update({f"validation/embeddings/{k}": v for k, v in record.validation_files(lake, dataset_id, model).items()})
+    if output_checks and "validation/embeddings/validation.json" not in files:
+        files["validation/embeddings/validation.json"] = json.dumps(output_checks, indent=2, default=str).encode()
+    files["embeddings_manifest.json"] = json.dumps(manifest, indent=2, default=str).encode()
+    files["model_files.json"] = json.dumps(facts, indent=2, default=str).encode()
+    if qc_plot:
+        plot = write_qc_plot(settings, dataset_id, model, lake=lake)
+        files[f"qc/{model}.png"] = plot.png
+        tracking.log_run_data(client, run_id, params={"qc.color_by": plot.color_by, "qc.path": lake.url(plot.path)})
+    tracking.log_artifacts(client, run_id, files)
+    client.set_terminated(run_id, "FINISHED")
+    _write_embedding_record(lake, settings, dataset_id, model, run_id, manifest, print_, parent_run_id)
+    log.info("MLflow embedding run %s for dataset %s, model %s", run_id, dataset_id, model)
+    return run_id
+
+
+def standard_metrics(result: Mapping[str, Any], commit: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics every embedding run carries under the same names, whatever step reported them."""
+    merged = {**commit, **result}
+    out: dict[str, float] = {}
+    aliases = {
+        "cells_per_second": ("cells_per_second", "cells_per_s", "rate"),
+        "tokens_per_second": ("tokens_per_second", "tokens_per_s"),
+        "peak_rss_bytes": ("peak_rss_bytes", "rss_peak_bytes"),
+        "gpu_peak_memory_bytes": ("gpu_peak_memory_bytes", "gpu_peak_bytes", "peak_gpu_memory_bytes"),
+        "tokens": ("tokens", "n_tokens"),
+        "duration_seconds": ("seconds", "duration_seconds", "elapsed_seconds"),
+    }
+    for name, keys in aliases.items():
+        for key in keys:
+            value = merged.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[name] = float(value)
+                break
+    for key in ("stage_seconds", "stages", "durations"):
+        stages = merged.get(key)
+        if isinstance(stages, Mapping):
+            out.update({f"stage_seconds.{k}": float(v) for k, v in stages.items() if isinstance(v, int | float)})
+    return out
+
+
+def _write_embedding_record(
+    lake: Lake,
+    settings: Settings,
+    dataset_id: str,
+    model: str,
+    run_id: str,
+    manifest: Mapping[str, Any],
+    print_: str,
+    parent_run_id: str | None = None,
+) -> None:
+    old = record.read_record(lake, dataset_id, model) or {}
+    record.write_record(
+        lake,
+        dataset_id,
+        model,
+        {
+            "kind": tracking.KIND_EMBEDDING,
+            "dataset_id": dataset_id,
+            "model": model,
+            "run_id": run_id,
+            "parent_run_id": parent_run_id or old.get("parent_run_id"),
+            "output_fingerprint": print_,
+            "rows": manifest["rows"],
+            "parts": len(manifest["parts"]),
+            "tracking_uri": tracking.tracking_uri(settings),
+            "experiment": tracking.EXPERIMENT,
+        },
+    )
+
+
+def record_dataset_lineage(
+    settings: Settings,
+    dataset_id: str,
+    model: str,
+    *,
+    embed_manifest: Mapping[str, Any] | None = None,
+    upload_key: str | None = None,
+    airflow: Mapping[str, Any] | None = None,
+) -> str:
+    """Log (or find) the dataset's ingest run and the (dataset, model) embedding run under it.
+
+    The entry point for pipeline steps, which pass small manifests: ``embed_manifest`` is
+    the embed step's summary. Returns the embedding run id.
+    """
+    parent = log_ingest_run(settings, dataset_id, upload_key=upload_key, airflow=airflow)
+    return log_embedding_run(settings, dataset_id, model, embed_manifest, parent_run_id=parent, airflow=airflow)
