@@ -13,7 +13,7 @@ Wiring only: every task calls one step of `pipelines.orchestration.steps`.
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import dag, task, task_group
@@ -69,7 +69,10 @@ def validate(manifest: dict[str, Any]) -> dict[str, Any]:
     doc_md=__doc__,
 )
 def sclake_ingest() -> None:
-    uploads = UploadsSensor(task_id="wait_for_uploads", poke_interval=SENSOR_POKE_S, timeout=SENSOR_TIMEOUT_S)
+    uploads = UploadsSensor(
+        task_id="wait_for_uploads", poke_interval=SENSOR_POKE_S, timeout=SENSOR_TIMEOUT_S, retries=2,
+        retry_delay=timedelta(seconds=10),
+    )
 
     if execution_mode() == "local":
 

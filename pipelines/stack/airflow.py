@@ -69,6 +69,9 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "1800",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        # Log servers of the worker and triggerer: next to the API port, so two stacks can coexist.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.stack_airflow_port + 13),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(settings.stack_airflow_port + 14),
         "SCLAKE_HOME": str(settings.home),
         "PYTHONPATH": str(dags_folder().parent),
         "NO_COLOR": "1",
