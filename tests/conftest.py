@@ -78,14 +78,34 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     log.close()
 
 
+TINY_MODEL = "gf-6L-10M-i2048"
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Helical cache prefix shared by the session's tests."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(models_dir: Path) -> str:
+    """A tiny synthesized model (real vocabulary, small network) in ``models_dir``; returns its name."""
+    from pipelines.models.synthesize import synthesize
+
+    synthesize(Settings(home=models_dir, models_dir=models_dir), TINY_MODEL, tiny=True)
+    return TINY_MODEL
+
+
 @pytest.fixture
-def settings_file(tmp_path: Path) -> Settings:
+def settings_file(tmp_path: Path, models_dir: Path) -> Settings:
     """Settings for a ``file://`` lake in a temporary folder."""
-    return Settings(home=tmp_path / "home", lake_uri=f"file://{tmp_path / 'lake'}", pushgateway_url=None)
+    return Settings(
+        home=tmp_path / "home", lake_uri=f"file://{tmp_path / 'lake'}", pushgateway_url=None, models_dir=models_dir
+    )
 
 
 @pytest.fixture
-def settings_s3(s3_server: S3Server, tmp_path: Path) -> Settings:
+def settings_s3(s3_server: S3Server, tmp_path: Path, models_dir: Path) -> Settings:
     """Settings for an ``s3://`` lake on the rclone server, under a prefix of its own per test."""
     return Settings(
         home=tmp_path / "home",
@@ -94,6 +114,7 @@ def settings_s3(s3_server: S3Server, tmp_path: Path) -> Settings:
         s3_access_key=s3_server.access_key,
         s3_secret_key=s3_server.secret_key,
         pushgateway_url=None,
+        models_dir=models_dir,
     )
 
 
