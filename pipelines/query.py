@@ -47,7 +47,8 @@ class QueryError(SclakeError):
     """A query DuckDB rejected (syntax, unknown column, type error)."""
 
 
-HIVE_TYPES = "{'model': 'VARCHAR', 'dataset_id': 'VARCHAR'}"
+EMBEDDING_HIVE_TYPES = "{'model': 'VARCHAR', 'dataset_id': 'VARCHAR'}"
+CELLS_HIVE_TYPES = "{'dataset_id': 'VARCHAR'}"
 EMPTY_EMBEDDINGS = (
     "SELECT NULL::VARCHAR AS cell_id, NULL::FLOAT[] AS embedding, NULL::VARCHAR AS model, "
     "NULL::VARCHAR AS dataset_id WHERE false"
@@ -203,9 +204,9 @@ def committed_cells(lake: Lake) -> list[str]:
     return [rel for rel in files if rel.endswith("/obs.parquet") and rel.rpartition("/")[0] in markers]
 
 
-def _read_parquet_sql(locations: list[str]) -> str:
+def _read_parquet_sql(locations: list[str], hive_types: str) -> str:
     files = "[" + ", ".join(sql_str(p) for p in locations) + "]"
-    opts = f"hive_partitioning = true, union_by_name = true, hive_types = {HIVE_TYPES}"
+    opts = f"hive_partitioning = true, union_by_name = true, hive_types = {hive_types}"
     return f"SELECT * FROM read_parquet({files}, {opts})"
 
 
@@ -213,12 +214,14 @@ def create_views(con: duckdb.DuckDBPyConnection, settings: Settings, *, material
     """(Re)create the ``embeddings`` and ``cells`` views from what is committed in the lake now."""
     lake = Lake(settings)
     parts = [duckdb_location(lake, p) for files in committed_partitions(lake).values() for p in files]
-    con.execute(f"CREATE OR REPLACE VIEW embeddings AS {_read_parquet_sql(parts) if parts else EMPTY_EMBEDDINGS}")
+    embeddings = _read_parquet_sql(parts, EMBEDDING_HIVE_TYPES) if parts else EMPTY_EMBEDDINGS
+    con.execute(f"CREATE OR REPLACE VIEW embeddings AS {embeddings}")
     if materialize_cells:
         for dataset_id in zarr_datasets(lake):
             write_cells(settings, dataset_id, lake=lake)
-    cells = [duckdb_location(lake, p) for p in committed_cells(lake)]
-    con.execute(f"CREATE OR REPLACE VIEW cells AS {_read_parquet_sql(cells) if cells else EMPTY_CELLS}")
+    files = [duckdb_location(lake, p) for p in committed_cells(lake)]
+    cells = _read_parquet_sql(files, CELLS_HIVE_TYPES) if files else EMPTY_CELLS
+    con.execute(f"CREATE OR REPLACE VIEW cells AS {cells}")
 
 
 def connect(settings: Settings, *, materialize_cells: bool = True) -> duckdb.DuckDBPyConnection:
