@@ -67,6 +67,7 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 
 UPLOAD_OUTCOMES = ("accepted", "duplicate", "quarantined", "rejected")
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.:-]+")
+_CODE = re.compile(r"[^a-z0-9_]+")
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -75,6 +76,11 @@ def label_value(value: object, *, default: str = "none", limit: int = 64) -> str
     """A bounded, printable label value (``None`` or empty -> ``default``)."""
     text = _LABEL_VALUE.sub("_", str(value)).strip("_") if value not in (None, "") else ""
     return text[:limit] or default
+
+
+def reason_code(value: object) -> str:
+    """A bounded reason code: lower-case letters, digits and ``_`` (e.g. ``InputError.code``)."""
+    return _CODE.sub("_", str(value or "").lower()).strip("_")[:48] or "unknown"
 
 
 def _key(name: str, labels: dict[str, str]) -> SeriesKey:
@@ -136,7 +142,7 @@ class StepMetrics:
 
     def quarantine(self, reason: str) -> None:
         """Count one upload sent to quarantine; ``reason`` is a short code (e.g. ``InputError.code``)."""
-        self._events.append(("sclake_quarantined_total", "reason", label_value(reason, limit=48)))
+        self._events.append(("sclake_quarantined_total", "reason", reason_code(reason)))
 
     @property
     def labels(self) -> dict[str, str]:
@@ -223,7 +229,7 @@ def record_upload(settings: Settings, outcome: str, *, step: str = "ingest") -> 
 def record_quarantine(settings: Settings, reason: str, *, step: str = "validate") -> None:
     """Count one quarantined upload outside a :func:`step_metrics` block and push it."""
     b = Batch(label_value(step))
-    b.inc("sclake_quarantined_total", 1.0, reason=label_value(reason, limit=48))
+    b.inc("sclake_quarantined_total", 1.0, reason=reason_code(reason))
     push(settings, b)
 
 
