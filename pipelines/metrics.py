@@ -65,7 +65,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "sclake_step_last_success_timestamp_seconds": ("gauge", "Unix time the last successful run ended.", ()),
 }
 
-UPLOAD_OUTCOMES = ("accepted", "duplicate", "quarantined", "rejected")
+#: Outcomes of an upload (as ``pipelines.orchestration.steps`` names them).
+UPLOAD_OUTCOMES = ("ingested", "already", "quarantined")
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.:-]+")
 _CODE = re.compile(r"[^a-z0-9_]+")
 
@@ -217,12 +218,22 @@ def _run_batch(m: StepMetrics, duration: float, usage: Usage, error: BaseExcepti
     return b
 
 
-def record_upload(settings: Settings, outcome: str, *, step: str = "ingest") -> None:
-    """Count one upload outside a :func:`step_metrics` block and push it."""
+def record_upload(settings: Settings, outcome: str, *, reason: str | None = None, step: str = "ingest") -> None:
+    """Count one upload (outside a :func:`step_metrics` block) and push it.
+
+    Parameters
+    ----------
+    outcome
+        One of :data:`UPLOAD_OUTCOMES`.
+    reason
+        For ``outcome="quarantined"``: the reason code, also counted in ``sclake_quarantined_total``.
+    """
     if outcome not in UPLOAD_OUTCOMES:
         raise ValueError(f"upload outcome {outcome!r} is not one of {UPLOAD_OUTCOMES}")
     b = Batch(label_value(step))
     b.inc("sclake_uploads_total", 1.0, outcome=outcome)
+    if outcome == "quarantined":
+        b.inc("sclake_quarantined_total", 1.0, reason=reason_code(reason))
     push(settings, b)
 
 

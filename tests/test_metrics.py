@@ -109,20 +109,23 @@ def test_failure_is_counted_and_reraised(settings: Settings) -> None:
 
 def test_uploads_and_quarantines_have_bounded_labels(settings: Settings) -> None:
     with step_metrics(settings, "ingest") as m:
-        m.upload("accepted")
-        m.upload("duplicate")
+        m.upload("ingested")
+        m.upload("already")
         m.quarantine("no_counts")
-    record_upload(settings, "accepted")
+    record_upload(settings, "ingested")
+    record_upload(settings, "quarantined", reason="not_h5ad")
     record_quarantine(settings, "bad value: <x> !")
     url = settings.pushgateway_url
     uploads = gateway_samples(url, "sclake_uploads_total")
     assert uploads == {
-        (("outcome", "accepted"), ("step", "ingest")): 2,
-        (("outcome", "duplicate"), ("step", "ingest")): 1,
+        (("outcome", "ingested"), ("step", "ingest")): 2,
+        (("outcome", "already"), ("step", "ingest")): 1,
+        (("outcome", "quarantined"), ("step", "ingest")): 1,
     }
     quarantined = gateway_samples(url, "sclake_quarantined_total")
     assert quarantined == {
         (("reason", "no_counts"), ("step", "ingest")): 1,
+        (("reason", "not_h5ad"), ("step", "ingest")): 1,
         (("reason", "bad_value_x"), ("step", "validate")): 1,
     }
     with pytest.raises(ValueError, match="'later'"):
