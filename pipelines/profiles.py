@@ -1,0 +1,249 @@
+"""Resource profiles: how much of which machine each model needs (``pipelines/config/profiles.yaml``).
+
+One profile per model. The embedding engine takes its precision and batch size from the
+profile (:meth:`Profile.precision_for`, :meth:`Profile.token_budget_for`), Dask its
+resource tags and memory cap, Airflow its pool and queue, and the worker containers their
+limits, so that a model's needs are written down once.
+
+Example
+-------
+>>> p = get_profile("gf-6L-10M-i2048")
+>>> p.precision_for("cuda:0", bf16_supported=False)
+'fp16'
+>>> p.token_budget_for("cpu") // p.input_size  # cells per batch on a CPU
+8
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.errors import ConfigError
+
+PROFILES_FILE = Path(__file__).with_name("config") / "profiles.yaml"
+ENCODING_TYPE = "sclake.resource-profiles"
+ENCODING_VERSION = "1"
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICE_KINDS = ("cpu", "gpu")
+
+Precision = Literal["fp32", "bf16", "fp16"]
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_UNITS["tib"], _UNITS["tb"] = 2**40, 10**12
+
+
+def parse_bytes(value: object) -> int:
+    """Bytes from an int or a string such as ``"1.5 GiB"`` / ``"512MB"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"size {value!r} is not a number of bytes")
+    if isinstance(value, int | float):
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"size {value!r} is not bytes or a number with a unit ({', '.join(sorted(_UNITS)[1:])})")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(ge=0)]
+
+
+def device_kind(device: str) -> Literal["cpu", "gpu"]:
+    """``"cpu"`` or ``"gpu"`` for a torch device string (``cpu``, ``cuda``, ``cuda:1``) or a device class."""
+    d = str(device).strip().lower()
+    if d == "cpu" or d.startswith("cpu:"):
+        return "cpu"
+    if d in ("gpu", "cuda") or d.startswith("cuda:"):
+        return "gpu"
+    raise ConfigError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'cuda:<index>'")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PrecisionRules(_Strict):
+    """Compute precision by device kind."""
+
+    cuda_bf16: Precision = "bf16"
+    cuda: Literal["fp16", "fp32"] = "fp16"
+    cpu: Literal["fp32", "bf16"] = "fp32"
+    cpu_allowed: tuple[Literal["fp32", "bf16"], ...] = ("fp32", "bf16")
+
+    @model_validator(mode="after")
+    def _cpu_default_allowed(self) -> PrecisionRules:
+        if self.cpu not in self.cpu_allowed:
+            raise ValueError(f"cpu precision {self.cpu!r} is not in cpu_allowed {list(self.cpu_allowed)}")
+        return self
+
+
+class TokenBudget(_Strict):
+    """Tokens (cells x padded length) per forward batch, by device kind."""
+
+    cpu: int = Field(gt=0)
+    gpu: int = Field(gt=0)
+
+
+class AirflowPlacement(_Strict):
+    pool: str = Field(min_length=1)
+    queue: str = Field(min_length=1)
+
+
+class ContainerLimits(_Strict):
+    cpus: float = Field(gt=0)
+    memory: Bytes
+    gpus: int = Field(ge=0)
+
+
+class Profile(_Strict):
+    """The resources of one model (see the module docstring and ``docs/models.md``)."""
+
+    name: str
+    device_class: Literal["cpu", "gpu"]
+    min_gpu_memory: Bytes
+    precision: PrecisionRules = PrecisionRules()
+    token_budget: TokenBudget
+    host_memory: Bytes
+    dask_resources: dict[str, float] = Field(default_factory=dict)
+    airflow: AirflowPlacement
+    container: ContainerLimits
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        from pipelines.models.registry import get_spec
+
+        spec = get_spec(self.name)
+        for kind in DEVICE_KINDS:
+            budget = getattr(self.token_budget, kind)
+            if budget < spec.input_size:
+                raise ValueError(
+                    f"token_budget.{kind}={budget} is below the input size {spec.input_size} (one cell) of {self.name}"
+                )
+        if self.device_class == "gpu" and self.container.gpus < 1:
+            raise ValueError("a gpu profile needs container.gpus >= 1")
+        return self
+
+    @property
+    def input_size(self) -> int:
+        """The model's context length (tokens per cell at most)."""
+        from pipelines.models.registry import get_spec
+
+        return get_spec(self.name).input_size
+
+    @property
+    def airflow_pool(self) -> str:
+        return self.airflow.pool
+
+    @property
+    def airflow_queue(self) -> str:
+        return self.airflow.queue
+
+    def precision_for(self, device: str, *, bf16_supported: bool) -> Precision:
+        """Default precision on ``device``: bf16 on GPUs that support it, fp16 on older GPUs, the cpu rule on CPU.
+
+        Parameters
+        ----------
+        device : str
+            ``cpu``, ``cuda``, ``cuda:<i>`` (or ``gpu``).
+        bf16_supported : bool
+            Whether the device computes in bfloat16 (``torch.cuda.is_bf16_supported()`` on CUDA).
+        """
+        if device_kind(device) == "gpu":
+            return self.precision.cuda_bf16 if bf16_supported else self.precision.cuda
+        if self.precision.cpu == "bf16" and not bf16_supported:
+            return "fp32"
+        return self.precision.cpu
+
+    def allowed_precisions(self, device: str, *, bf16_supported: bool = True) -> tuple[Precision, ...]:
+        """Precisions ``--precision`` may pick on ``device``."""
+        if device_kind(device) == "gpu":
+            return ("bf16", "fp16", "fp32") if bf16_supported else ("fp16", "fp32")
+        return tuple(p for p in self.precision.cpu_allowed if p != "bf16" or bf16_supported)
+
+    def resolve_precision(self, device: str, requested: str | None, *, bf16_supported: bool) -> Precision:
+        """``requested`` if the device allows it, else :class:`ConfigError`; ``None`` gives the default."""
+        if requested is None:
+            return self.precision_for(device, bf16_supported=bf16_supported)
+        allowed = self.allowed_precisions(device, bf16_supported=bf16_supported)
+        if requested not in allowed:
+            raise ConfigError(
+                f"precision {requested!r} is not available for {self.name} on {device!r}; allowed: {list(allowed)}"
+            )
+        return requested  # type: ignore[return-value]
+
+    def token_budget_for(self, device: str) -> int:
+        """Tokens per forward batch on ``device`` (cpu or gpu budget)."""
+        return getattr(self.token_budget, device_kind(device))
+
+    def cells_per_batch(self, device: str) -> int:
+        """Cells per forward batch at full context length (at least one)."""
+        return max(1, self.token_budget_for(device) // self.input_size)
+
+    def dask_resources_for(self, device: str) -> dict[str, float]:
+        """Dask resource tags for a task running on ``device``: none on CPU, the profile's tags on GPU."""
+        return dict(self.dask_resources) if device_kind(device) == "gpu" else {}
+
+
+def _profiles_text(path: Path | None) -> tuple[str, str]:
+    path = Path(path) if path is not None else PROFILES_FILE
+    try:
+        return path.read_text(), str(path)
+    except OSError as e:
+        raise ConfigError(f"resource profiles {str(path)!r} cannot be read: {e}") from e
+
+
+def parse_profiles(text: str, source: str = "<profiles>") -> dict[str, Profile]:
+    """Profiles from YAML text; every model of the registry must have one, and no unknown names."""
+    from pipelines.models.registry import MODELS
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from e
+    if not isinstance(data, dict) or data.get("encoding-type") != ENCODING_TYPE:
+        raise ConfigError(f"{source}: encoding-type {ENCODING_TYPE!r} expected")
+    if str(data.get("encoding-version")) != ENCODING_VERSION:
+        raise ConfigError(
+            f"{source}: encoding-version {data.get('encoding-version')!r}; this sclake reads {ENCODING_VERSION!r}"
+        )
+    raw: dict[str, Any] = data.get("profiles") or {}
+    unknown = sorted(set(raw) - set(MODELS))
+    if unknown:
+        raise ConfigError(f"{source}: profiles for unknown models {unknown}; known models: {', '.join(MODELS)}")
+    missing = [m for m in MODELS if m not in raw]
+    if missing:
+        raise ConfigError(f"{source}: no profile for {missing}")
+    out = {}
+    for name, body in raw.items():
+        try:
+            out[name] = Profile(name=name, **(body or {}))
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(x) for x in err['loc']) or 'profile'}: {err['msg']}"
+                + (f" (got {err['input']!r})" if err["type"] != "value_error" else "")
+                for err in e.errors()
+            )
+            raise ConfigError(f"{source}: profile {name!r} is invalid: {problems}") from e
+    return out
+
+
+@lru_cache(maxsize=4)
+def load_profiles(path: Path | None = None) -> dict[str, Profile]:
+    """Every profile by model name, from ``path`` or the packaged ``pipelines/config/profiles.yaml``."""
+    text, source = _profiles_text(path)
+    return parse_profiles(text, source)
+
+
+def get_profile(name: str, path: Path | None = None) -> Profile:
+    """The profile of model ``name``; :class:`ConfigError` lists the known names otherwise."""
+    profiles = load_profiles(path)
+    try:
+        return profiles[name]
+    except KeyError:
+        raise ConfigError(
+            f"no resource profile for model {name!r}; profiles exist for: {', '.join(profiles)}"
+        ) from None
