@@ -9,10 +9,11 @@ same outputs returns the existing run id. Run ids are also written to the lake
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipelines.lake import PATHS, Lake, check_dataset_id, check_model_name
@@ -137,54 +138,87 @@ def log_ingest_run(
     dataset_id = _dataset_id_of(ingest_result)
     client = tracking.get_client(settings)
     exp = tracking.experiment_id(client, settings)
-    existing = tracking.find_runs(
-        client, exp, {tracking.TAG_KIND: tracking.KIND_INGEST, tracking.TAG_DATASET: dataset_id}
-    )
+    tags = {tracking.TAG_KIND: tracking.KIND_INGEST, tracking.TAG_DATASET: dataset_id}
+    existing = _finished_run(client, tracking.find_runs(client, exp, tags))
     old = record.read_record(lake, dataset_id) or {}
-    if existing:
-        run_id = existing[0].info.run_id
-        upload_key = upload_key or old.get("upload_key") or existing[0].data.params.get("upload_key")
-        if not record.read_record(lake, dataset_id) or old.get("run_id") != run_id:
+    if existing is not None:
+        run_id = existing.info.run_id
+        if "validation.outcome" not in existing.data.tags:  # validated after the run was logged
+            _log_validation(client, run_id, lake, dataset_id, _validation(lake, dataset_id, validation))
+        upload_key = upload_key or old.get("upload_key") or existing.data.params.get("upload_key")
+        if old.get("run_id") != run_id or old.get("upload_key") != upload_key:
             _write_ingest_record(lake, settings, dataset_id, run_id, upload_key)
         return run_id
 
     attrs, schema = _dataset_facts(lake, dataset_id)
     raw_rel = PATHS.raw(dataset_id)
     result = as_dict(ingest_result) if not isinstance(ingest_result, str) else {}
-    metrics, params = split_values("ingest", {k: v for k, v in result.items() if k != "dataset_id"})
-    checks = _validation(lake, dataset_id, validation)
+    skip = ("dataset_id", "already")  # "already": whether this call found the dataset ingested before
+    metrics, params = split_values("ingest", {k: v for k, v in result.items() if k not in skip})
     run = client.create_run(
-        exp,
-        run_name=f"ingest {dataset_id}",
-        tags={**_common_tags(tracking.KIND_INGEST, dataset_id, airflow), **_validation_tags("validation", checks)},
+        exp, run_name=f"ingest {dataset_id}", tags=_common_tags(tracking.KIND_INGEST, dataset_id, airflow)
     )
     run_id = run.info.run_id
-    params.update(
-        {
-            "dataset_id": dataset_id,
-            "upload_key": upload_key,
-            "raw": lake.url(raw_rel),
-            "zarr": lake.url(PATHS.zarr(dataset_id)),
-            "lake_uri": settings.lake_uri,
-        }
-    )
-    params.update(tracking.flat_params("zarr", {k: v for k, v in attrs.items() if not isinstance(v, int | float)}))
-    params.update(tracking.flat_params("versions", record.package_versions()))
-    metrics.update({f"zarr.{k}": v for k, v in attrs.items() if isinstance(v, int | float) and not isinstance(v, bool)})
-    if lake.exists(raw_rel):
-        metrics["raw.bytes"] = lake.size(raw_rel)
-    tracking.log_run_data(client, run_id, params=params, metrics=metrics)
-    tracking.log_dataset_input(
-        client, run_id, source_url=lake.url(raw_rel), dataset_id=dataset_id, schema=schema, context="ingest"
-    )
-    files = {f"validation/{k}": v for k, v in record.validation_files(lake, dataset_id).items()}
-    if checks and "validation/validation.json" not in files:
-        files["validation/validation.json"] = json.dumps(checks, indent=2, default=str).encode()
-    tracking.log_artifacts(client, run_id, files)
+    with _failed_on_error(client, run_id):
+        params.update(
+            {
+                "dataset_id": dataset_id,
+                "upload_key": upload_key,
+                "raw": lake.url(raw_rel),
+                "zarr": lake.url(PATHS.zarr(dataset_id)),
+                "lake_uri": settings.lake_uri,
+            }
+        )
+        params.update(tracking.flat_params("zarr", {k: v for k, v in attrs.items() if not _is_number(v)}))
+        params.update(tracking.flat_params("versions", record.package_versions()))
+        metrics.update({f"zarr.{k}": v for k, v in attrs.items() if _is_number(v)})
+        if lake.exists(raw_rel):
+            metrics["raw.bytes"] = lake.size(raw_rel)
+        tracking.log_run_data(client, run_id, params=params, metrics=metrics)
+        tracking.log_dataset_input(
+            client, run_id, source_url=lake.url(raw_rel), dataset_id=dataset_id, schema=schema, context="ingest"
+        )
+        _log_validation(client, run_id, lake, dataset_id, _validation(lake, dataset_id, validation))
     client.set_terminated(run_id, "FINISHED")
     _write_ingest_record(lake, settings, dataset_id, run_id, upload_key)
     log.info("MLflow ingest run %s for dataset %s", run_id, dataset_id)
     return run_id
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finished_run(client: Any, runs: list[Any]) -> Any:
+    """The first finished run; runs a crashed step left unfinished are marked FAILED."""
+    found = None
+    for run in runs:
+        if run.info.status == "FINISHED":
+            found = found or run
+        elif run.info.status in ("RUNNING", "SCHEDULED"):
+            client.set_terminated(run.info.run_id, "FAILED")
+    return found
+
+
+@contextlib.contextmanager
+def _failed_on_error(client: Any, run_id: str) -> Iterator[None]:
+    """Mark the run FAILED when logging into it fails (the error propagates)."""
+    try:
+        yield
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+
+
+def _log_validation(client: Any, run_id: str, lake: Lake, dataset_id: str, checks: Mapping[str, Any]) -> None:
+    """The dataset validation's outcome as tags and its files as ``validation/`` artifacts."""
+    if not checks:
+        return
+    tracking.log_run_data(client, run_id, tags=_validation_tags("validation", checks))
+    files = {f"validation/{k}": v for k, v in record.validation_files(lake, dataset_id).items()}
+    if "validation/validation.json" not in files:
+        files["validation/validation.json"] = json.dumps(checks, indent=2, default=str).encode()
+    tracking.log_artifacts(client, run_id, files)
 
 
 def _write_ingest_record(lake: Lake, settings: Settings, dataset_id: str, run_id: str, upload_key: str | None) -> None:
@@ -290,10 +324,10 @@ def log_embedding_run(
     client = tracking.get_client(settings)
     exp = tracking.experiment_id(client, settings)
     tags = {tracking.TAG_KIND: tracking.KIND_EMBEDDING, tracking.TAG_DATASET: dataset_id, tracking.TAG_MODEL: model}
-    for run in tracking.find_runs(client, exp, {**tags, "sclake.output_fingerprint": print_}):
-        if run.info.status == "FINISHED":
-            _write_embedding_record(lake, settings, dataset_id, model, run.info.run_id, manifest, print_)
-            return run.info.run_id
+    found = _finished_run(client, tracking.find_runs(client, exp, {**tags, "sclake.output_fingerprint": print_}))
+    if found is not None:
+        _write_embedding_record(lake, settings, dataset_id, model, found.info.run_id, manifest, print_)
+        return found.info.run_id
     parent_run_id = parent_run_id or find_ingest_run(settings, dataset_id) or log_ingest_run(settings, dataset_id)
 
     result = as_dict(embed_result)
@@ -318,45 +352,47 @@ def log_embedding_run(
         },
     )
     run_id = run.info.run_id
-    metrics, params = split_values("embed", {k: v for k, v in result.items() if k not in ("dataset_id", "model")})
-    c_metrics, c_params = split_values("commit", commit)
-    metrics.update(c_metrics)
-    params.update(c_params)
-    params.update(tracking.flat_params("parquet", meta))
-    params.update(tracking.flat_params("model", {k: v for k, v in facts.items() if k != "files"}))
-    params.update({f"model.files.{rel}.sha256": e.get("sha256") for rel, e in facts.get("files", {}).items()})
-    params.update(tracking.flat_params("versions", record.package_versions()))
-    params.update(
-        {
-            "dataset_id": dataset_id,
-            "model_name": model,
-            "embeddings": manifest["prefix"],
-            "raw": lake.url(PATHS.raw(dataset_id)),
-            "zarr": lake.url(PATHS.zarr(dataset_id)),
-        }
-    )
-    metrics.update({"cells": manifest["rows"], "parts": len(manifest["parts"]), "width": manifest["width"] or 0})
-    metrics.update(standard_metrics(result, commit))
-    tracking.log_run_data(client, run_id, params=params, metrics=metrics)
-    tracking.log_dataset_input(
-        client,
-        run_id,
-        source_url=lake.url(PATHS.raw(dataset_id)),
-        dataset_id=dataset_id,
-        schema=schema,
-        context="embedding",
-    )
-    files = {f"validation/dataset/{k}": v for k, v in record.validation_files(lake, dataset_id).items()}
-    files.update({f"validation/embeddings/{k}": v for k, v in record.validation_files(lake, dataset_id, model).items()})
-    if output_checks and "validation/embeddings/validation.json" not in files:
-        files["validation/embeddings/validation.json"] = json.dumps(output_checks, indent=2, default=str).encode()
-    files["embeddings_manifest.json"] = json.dumps(manifest, indent=2, default=str).encode()
-    files["model_files.json"] = json.dumps(facts, indent=2, default=str).encode()
-    if qc_plot:
-        plot = write_qc_plot(settings, dataset_id, model, lake=lake)
-        files[f"qc/{model}.png"] = plot.png
-        tracking.log_run_data(client, run_id, params={"qc.color_by": plot.color_by, "qc.path": lake.url(plot.path)})
-    tracking.log_artifacts(client, run_id, files)
+    with _failed_on_error(client, run_id):
+        metrics, params = split_values("embed", {k: v for k, v in result.items() if k not in ("dataset_id", "model")})
+        c_metrics, c_params = split_values("commit", commit)
+        metrics.update(c_metrics)
+        params.update(c_params)
+        params.update(tracking.flat_params("parquet", meta))
+        params.update(tracking.flat_params("model", {k: v for k, v in facts.items() if k != "files"}))
+        params.update({f"model.files.{rel}.sha256": e.get("sha256") for rel, e in facts.get("files", {}).items()})
+        params.update(tracking.flat_params("versions", record.package_versions()))
+        params.update(
+            {
+                "dataset_id": dataset_id,
+                "model_name": model,
+                "embeddings": manifest["prefix"],
+                "raw": lake.url(PATHS.raw(dataset_id)),
+                "zarr": lake.url(PATHS.zarr(dataset_id)),
+            }
+        )
+        metrics.update({"cells": manifest["rows"], "parts": len(manifest["parts"]), "width": manifest["width"] or 0})
+        metrics.update(standard_metrics(result, commit))
+        tracking.log_run_data(client, run_id, params=params, metrics=metrics)
+        tracking.log_dataset_input(
+            client,
+            run_id,
+            source_url=lake.url(PATHS.raw(dataset_id)),
+            dataset_id=dataset_id,
+            schema=schema,
+            context="embedding",
+        )
+        files = {f"validation/dataset/{k}": v for k, v in record.validation_files(lake, dataset_id).items()}
+        output_files = record.validation_files(lake, dataset_id, model)
+        files.update({f"validation/embeddings/{k}": v for k, v in output_files.items()})
+        if output_checks and "validation/embeddings/validation.json" not in files:
+            files["validation/embeddings/validation.json"] = json.dumps(output_checks, indent=2, default=str).encode()
+        files["embeddings_manifest.json"] = json.dumps(manifest, indent=2, default=str).encode()
+        files["model_files.json"] = json.dumps(facts, indent=2, default=str).encode()
+        if qc_plot:
+            plot = write_qc_plot(settings, dataset_id, model, lake=lake)
+            files[f"qc/{model}.png"] = plot.png
+            tracking.log_run_data(client, run_id, params={"qc.color_by": plot.color_by, "qc.path": lake.url(plot.path)})
+        tracking.log_artifacts(client, run_id, files)
     client.set_terminated(run_id, "FINISHED")
     _write_embedding_record(lake, settings, dataset_id, model, run_id, manifest, print_, parent_run_id)
     log.info("MLflow embedding run %s for dataset %s, model %s", run_id, dataset_id, model)
