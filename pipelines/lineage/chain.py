@@ -154,6 +154,12 @@ def _size(n: int | None) -> str:
     return f"{n:,.1f} GiB"
 
 
+def _n(count: Any, noun: str) -> str:
+    if not isinstance(count, int):
+        return f"{count} {noun}s"
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def render_lineage(chain: dict[str, Any]) -> str:
     """The chain as indented text for a terminal."""
     lines = [f"dataset {chain['dataset_id']}   lake {chain['lake']}"]
@@ -166,7 +172,8 @@ def render_lineage(chain: dict[str, Any]) -> str:
     row("raw", f"{raw['url']}  ({_size(raw['bytes'])})" if raw["exists"] else f"{raw['url']}  (absent)")
     z = chain["zarr"]
     if z["published"]:
-        shape = f"{z.get('n_obs', '?'):,} cells x {z.get('n_vars', '?'):,} genes, {z.get('parts', '?')} parts"
+        cells, genes, parts = _n(z.get("n_obs"), "cell"), _n(z.get("n_vars"), "gene"), _n(z.get("parts"), "part")
+        shape = f"{cells} x {genes}, {parts}"
         row("zarr", f"{z['url']}  {shape}")
     else:
         row("zarr", f"{z['url']}  (not published)")
@@ -179,7 +186,11 @@ def render_lineage(chain: dict[str, Any]) -> str:
         row("embeddings", "(none)")
     for e in chain["embeddings"]:
         lines.append(f"  embeddings  model {e['model']}")
-        state = f"{e['rows']:,} rows in {e['parts']} parts, width {e['width']}" if e["published"] else "not published"
+        state = (
+            f"{_n(e['rows'], 'row')} in {_n(e['parts'], 'part')}, width {e['width']}"
+            if e["published"]
+            else "not published"
+        )
         row("parquet", f"{e['url']}  {state}", 3)
         meta = e.get("parquet_metadata") or {}
         versions = {k: meta[k] for k in meta if k in ("encoding-version", "model_version", "tokenizer_version")}
