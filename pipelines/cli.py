@@ -15,7 +15,7 @@ import typer
 
 from pipelines.errors import SclakeError
 
-COMMAND_MODULES = ("stack", "sample", "models", "ingest", "validate", "embed", "run", "query", "lineage", "demo")
+COMMAND_MODULES = ("stack", "sample", "models", "ingest", "validate", "embed", "run", "query", "lineage", "demo", "compose")
 
 app = typer.Typer(
     name="sclake",
