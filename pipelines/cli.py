@@ -15,7 +15,9 @@ import typer
 
 from pipelines.errors import SclakeError
 
-COMMAND_MODULES = ("stack", "sample", "models", "ingest", "validate", "embed", "run", "query", "lineage", "demo", "compose")
+COMMAND_MODULES = (
+    "stack", "sample", "models", "ingest", "validate", "embed", "run", "query", "lineage", "demo", "compose"
+)
 
 app = typer.Typer(
     name="sclake",
