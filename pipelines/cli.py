@@ -16,7 +16,17 @@ import typer
 from pipelines.errors import SclakeError
 
 COMMAND_MODULES = (
-    "stack", "sample", "models", "ingest", "validate", "embed", "run", "query", "lineage", "demo", "compose"
+    "stack",
+    "sample",
+    "models",
+    "ingest",
+    "validate",
+    "embed",
+    "run",
+    "query",
+    "lineage",
+    "demo",
+    "compose",
 )
 
 app = typer.Typer(
