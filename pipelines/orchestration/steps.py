@@ -49,13 +49,16 @@ def validate_upload(settings: Settings, manifest: dict[str, Any], model: str | N
     """Validate a freshly ingested dataset; quarantine it when it fails. Passes other outcomes through."""
     if manifest.get("outcome") != INGESTED:
         return manifest
+    from pipelines.metrics import record_quarantine
     from pipelines.quarantine import quarantine_dataset
     from pipelines.validate import validate_dataset
 
     model = model or settings.model_list[0]
     result = validate_dataset(settings, manifest["dataset_id"], model=model)
     if not result.ok:
-        quarantine_dataset(settings, manifest["dataset_id"], result)
+        quarantine_dataset(settings, manifest["dataset_id"], result, upload=manifest.get("key"))
+        record_quarantine(settings, result.code or "invalid_input")
+        log.warning("quarantined %s: %s", manifest.get("key"), result.summary_line())
         return {**manifest, "outcome": QUARANTINED, "code": result.code, "reason": result.summary_line()}
     return {**manifest, "outcome": WARNED if result.warnings else PASSED, "validation": result.summary_line()}
 
