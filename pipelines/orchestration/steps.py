@@ -27,21 +27,26 @@ def ingest_upload(settings: Settings, key: str) -> dict[str, Any]:
     """
     from pipelines.errors import InputError
     from pipelines.ingest import ingest
-    from pipelines.metrics import record_upload
+    from pipelines.metrics import step_metrics
     from pipelines.quarantine import quarantine_upload
 
     lake = Lake(settings)
     uri = key if "://" in key else lake.url(key)
-    try:
-        result = ingest(settings, uri)
-    except InputError as e:
-        q = quarantine_upload(settings, uri, e)
-        record_upload(settings, QUARANTINED, reason=e.code)
-        log.warning("quarantined %s: %s", uri, e)
-        return {"key": key, "dataset_id": q.dataset_id, "outcome": QUARANTINED, "code": e.code, "reason": str(e)}
+    with step_metrics(settings, "ingest") as m:
+        try:
+            result = ingest(settings, uri)
+        except InputError as e:
+            q = quarantine_upload(settings, uri, e)
+            m.upload(QUARANTINED)
+            m.quarantine(e.code)
+            log.warning("quarantined %s: %s", uri, e)
+            return {"key": key, "dataset_id": q.dataset_id, "outcome": QUARANTINED, "code": e.code, "reason": str(e)}
+        if result.already:
+            m.upload(ALREADY)
+        else:
+            m.upload(INGESTED)
+            m.cells(result.n_obs)
     outcome = ALREADY if result.already else INGESTED
-    if not result.already:
-        record_upload(settings, INGESTED)
     return {"key": key, "dataset_id": result.dataset_id, "outcome": outcome, "n_obs": result.n_obs}
 
 
@@ -49,15 +54,18 @@ def validate_upload(settings: Settings, manifest: dict[str, Any], model: str | N
     """Validate a freshly ingested dataset; quarantine it when it fails. Passes other outcomes through."""
     if manifest.get("outcome") != INGESTED:
         return manifest
-    from pipelines.metrics import record_quarantine
+    from pipelines.metrics import step_metrics
     from pipelines.quarantine import quarantine_dataset
     from pipelines.validate import validate_dataset
 
     model = model or settings.model_list[0]
-    result = validate_dataset(settings, manifest["dataset_id"], model=model)
+    with step_metrics(settings, "validate", model=model) as m:
+        result = validate_dataset(settings, manifest["dataset_id"], model=model)
+        m.cells(manifest.get("n_obs") or 0)
+        if not result.ok:
+            quarantine_dataset(settings, manifest["dataset_id"], result, upload=manifest.get("key"))
+            m.quarantine(result.code or "invalid_input")
     if not result.ok:
-        quarantine_dataset(settings, manifest["dataset_id"], result, upload=manifest.get("key"))
-        record_quarantine(settings, result.code or "invalid_input")
         log.warning("quarantined %s: %s", manifest.get("key"), result.summary_line())
         return {**manifest, "outcome": QUARANTINED, "code": result.code, "reason": result.summary_line()}
     return {**manifest, "outcome": WARNED if result.warnings else PASSED, "validation": result.summary_line()}
@@ -87,9 +95,14 @@ def embed(
 ) -> dict[str, Any]:
     """Tokenise and embed one dataset with one model; idempotent (published output is kept)."""
     from pipelines.embed import embed_dataset
+    from pipelines.metrics import step_metrics
 
-    result = embed_dataset(settings, dataset_id, model, device=device, precision=precision)
-    return {"dataset_id": dataset_id, "model": model, **result.summary()}
+    with step_metrics(settings, "embed", model=model, device=device or "auto") as m:
+        result = embed_dataset(settings, dataset_id, model, device=device, precision=precision)
+        summary = result.summary()
+        m.set_labels(device=summary.get("device"))
+        m.cells(summary.get("rows_written", summary.get("rows", 0)))
+    return {"dataset_id": dataset_id, "model": model, **summary}
 
 
 def validate_embeddings(settings: Settings, dataset_id: str, model: str) -> dict[str, Any]:
