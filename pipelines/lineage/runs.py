@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from pipelines.settings import Settings
 
 log = get_logger(__name__)
+
+# A run still RUNNING after this long was left by a process that died (it is ignored).
+STALE_RUN_MS = 6 * 3600 * 1000
 
 
 def as_dict(obj: Any) -> dict[str, Any]:
@@ -139,10 +143,13 @@ def log_ingest_run(
     client = tracking.get_client(settings)
     exp = tracking.experiment_id(client, settings)
     tags = {tracking.TAG_KIND: tracking.KIND_INGEST, tracking.TAG_DATASET: dataset_id}
-    existing = _finished_run(client, tracking.find_runs(client, exp, tags))
+    live = _live_runs(tracking.find_runs(client, exp, tags))
     old = record.read_record(lake, dataset_id) or {}
-    if existing is not None:
+    if live:
+        existing = live[0]
         run_id = existing.info.run_id
+        if existing.info.status == "RUNNING":  # being logged by a concurrent step right now
+            return run_id
         if "validation.outcome" not in existing.data.tags:  # validated after the run was logged
             _log_validation(client, run_id, lake, dataset_id, _validation(lake, dataset_id, validation))
         upload_key = upload_key or old.get("upload_key") or existing.data.params.get("upload_key")
@@ -180,6 +187,11 @@ def log_ingest_run(
         )
         _log_validation(client, run_id, lake, dataset_id, _validation(lake, dataset_id, validation))
     client.set_terminated(run_id, "FINISHED")
+    # Two steps of one dataset (one per model) may have logged at the same time: the oldest run wins.
+    winner = _live_runs(tracking.find_runs(client, exp, tags))[0].info.run_id
+    if winner != run_id:
+        client.delete_run(run_id)
+        run_id = winner
     _write_ingest_record(lake, settings, dataset_id, run_id, upload_key)
     log.info("MLflow ingest run %s for dataset %s", run_id, dataset_id)
     return run_id
@@ -189,15 +201,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _finished_run(client: Any, runs: list[Any]) -> Any:
-    """The first finished run; runs a crashed step left unfinished are marked FAILED."""
-    found = None
-    for run in runs:
-        if run.info.status == "FINISHED":
-            found = found or run
-        elif run.info.status in ("RUNNING", "SCHEDULED"):
-            client.set_terminated(run.info.run_id, "FAILED")
-    return found
+def _finished_run(runs: list[Any]) -> Any:
+    """The oldest finished run, or ``None``."""
+    return next((run for run in runs if run.info.status == "FINISHED"), None)
+
+
+def _live_runs(runs: list[Any]) -> list[Any]:
+    """Finished runs and runs still being logged (not those a killed process left behind), oldest first."""
+    now = time.time() * 1000
+    live = [
+        r
+        for r in runs
+        if r.info.status == "FINISHED" or (r.info.status == "RUNNING" and now - r.info.start_time < STALE_RUN_MS)
+    ]
+    return sorted(live, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
 @contextlib.contextmanager
@@ -270,12 +287,13 @@ def fingerprint(manifest: Mapping[str, Any]) -> str:
 def find_ingest_run(settings: Settings, dataset_id: str) -> str | None:
     """Run id of the dataset's ingest run: from the lake record, else by searching MLflow's tags."""
     rec = record.read_record(Lake(settings), dataset_id)
-    if rec and rec.get("run_id"):
+    if rec and rec.get("run_id") and rec.get("tracking_uri") == tracking.tracking_uri(settings):
         return rec["run_id"]
     client = tracking.get_client(settings)
     exp = tracking.experiment_id(client, settings)
-    runs = tracking.find_runs(client, exp, {tracking.TAG_KIND: tracking.KIND_INGEST, tracking.TAG_DATASET: dataset_id})
-    return runs[0].info.run_id if runs else None
+    tags = {tracking.TAG_KIND: tracking.KIND_INGEST, tracking.TAG_DATASET: dataset_id}
+    live = _live_runs(tracking.find_runs(client, exp, tags))
+    return live[0].info.run_id if live else None
 
 
 def log_embedding_run(
@@ -324,7 +342,7 @@ def log_embedding_run(
     client = tracking.get_client(settings)
     exp = tracking.experiment_id(client, settings)
     tags = {tracking.TAG_KIND: tracking.KIND_EMBEDDING, tracking.TAG_DATASET: dataset_id, tracking.TAG_MODEL: model}
-    found = _finished_run(client, tracking.find_runs(client, exp, {**tags, "sclake.output_fingerprint": print_}))
+    found = _finished_run(tracking.find_runs(client, exp, {**tags, "sclake.output_fingerprint": print_}))
     if found is not None:
         _write_embedding_record(lake, settings, dataset_id, model, found.info.run_id, manifest, print_)
         return found.info.run_id
