@@ -50,9 +50,10 @@ def _validation(lake: Lake, dataset_id: str, model: str | None = None) -> dict[s
     summary_rel = f"{rel}/validation.json"
     if lake.exists(summary_rel):
         summary = lake.read_json(summary_rel)
-        for key in ("outcome", "code", "reason", "warnings", "n_cells", "n_kept", "n_dropped"):
-            if key in summary and summary[key] not in (None, [], {}):
-                out[key] = summary[key]
+        flat = {**(summary.get("counts") or {}), **summary}
+        for key in ("outcome", "code", "reason", "warnings", "n_cells", "n_kept", "n_dropped", "n_rows"):
+            if key in flat and flat[key] not in (None, [], {}) and not isinstance(flat[key], dict):
+                out[key] = flat[key]
     return out
 
 
@@ -178,7 +179,11 @@ def render_lineage(chain: dict[str, Any]) -> str:
     else:
         row("zarr", f"{z['url']}  (not published)")
     v = chain["validation"]
-    row("validation", f"{v.get('outcome')}  {v['url']}" if v else "(not validated)")
+    if v:
+        kept = f", {_n(v['n_kept'], 'cell')} kept of {v['n_cells']:,}" if "n_kept" in v and "n_cells" in v else ""
+        row("validation", f"{v.get('outcome')}{kept}  {v['url']}")
+    else:
+        row("validation", "(not validated)")
     if chain["quarantine"]:
         q = chain["quarantine"]
         row("quarantine", f"{q.get('code')}: {q.get('reason')}  {q['url']}")
