@@ -15,8 +15,8 @@ independent Poissons through their sum and a multinomial split, which costs one 
 observed count instead of one per gene.
 
 On disk: the anndata ``.h5ad`` layout, X a CSR matrix of ``float32`` values holding
-integers (as most public raw-count files store them), ``indices`` int32, ``indptr``
-int64. The default CSR/``X`` file is written block by block into resizable HDF5
+integers (as most public raw-count files store them), ``indices`` and ``indptr`` int32
+(both int64 beyond 2**31 stored values). The default CSR/``X`` file is written block by block into resizable HDF5
 datasets, so memory stays flat whatever the number of cells. Variants for tests (CSC or
 dense X, counts in ``layers["counts"]`` or ``raw.X``, gene ids in a var column, integer
 obs index) are built in memory and meant for small files.
@@ -257,10 +257,12 @@ def make_var(model: SampleModel, var_ids: VarIds) -> pd.DataFrame:
 class StreamingH5adWriter:
     """Write an ``.h5ad`` whose X is a CSR matrix appended in row blocks.
 
-    obs and var (small) are written whole with anndata's ``write_elem``; X's ``data``,
-    ``indices`` and ``indptr`` are resizable chunked HDF5 datasets grown block by block,
-    carrying anndata's ``csr_matrix`` encoding attributes. The shape attribute is final
-    from the start (``len(obs)`` rows); :meth:`close` checks that every row was written.
+    obs and var (small) are written whole with anndata's ``write_elem``; X's ``data`` and
+    ``indices`` are resizable chunked HDF5 datasets grown block by block, under a group
+    carrying anndata's ``csr_matrix`` encoding attributes. ``indptr`` (8 bytes a row) is
+    kept in memory and written by :meth:`close`, with the index dtype scipy would use:
+    int32 below 2**31 stored values (``indices`` int32 too), int64 above (``indices``
+    then rewritten as int64), so that scipy operations on the matrix read back work.
     """
 
     CHUNK = 1 << 20  # elements per HDF5 chunk of data/indices
@@ -290,8 +292,9 @@ class StreamingH5adWriter:
         self.indices = x.create_dataset(
             "indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(self.CHUNK,), **opts
         )
-        self.indptr = x.create_dataset("indptr", shape=(self.n_obs + 1,), dtype=np.int64)
-        self.indptr[0] = 0
+        self.x = x
+        self.opts = opts
+        self.indptr = np.zeros(self.n_obs + 1, dtype=np.int64)
 
     def append(self, block: sp.csr_matrix) -> None:
         """Append the next rows (a CSR block with ``n_vars`` columns)."""
@@ -312,8 +315,21 @@ class StreamingH5adWriter:
         try:
             if self.rows != self.n_obs:
                 raise ValueError(f"only {self.rows} of {self.n_obs} rows were written")
+            if self.nnz < 2**31:
+                self.x.create_dataset("indptr", data=self.indptr.astype(np.int32))
+            else:
+                self.x.create_dataset("indptr", data=self.indptr)
+                self._widen_indices()
         finally:
             self.file.close()
+
+    def _widen_indices(self) -> None:
+        """Rewrite ``indices`` as int64, one chunk at a time."""
+        wide = self.x.create_dataset("indices64", shape=(self.nnz,), dtype=np.int64, chunks=(self.CHUNK,), **self.opts)
+        for a in range(0, self.nnz, self.CHUNK * 16):
+            wide[a : a + self.CHUNK * 16] = self.indices[a : a + self.CHUNK * 16]
+        del self.x["indices"]
+        self.x.move("indices64", "indices")
 
     def __enter__(self) -> StreamingH5adWriter:
         return self

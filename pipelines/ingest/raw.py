@@ -1,0 +1,146 @@
+"""Upload identity and the raw copy: where the bytes are, their SHA-256, ``raw/<id>.h5ad``.
+
+An upload is an object in the lake (typically under ``incoming/``), an ``s3://`` object
+outside the lake on the same endpoint, or a local file (a path or a ``file://`` URI
+outside a ``file://`` lake). Its dataset id is the first 16 hex digits of the SHA-256 of
+its bytes, streamed. The original is copied to ``raw/<dataset_id>.h5ad`` (server-side
+within S3, streamed from a local file) and the copy is verified (size and SHA-256)
+before anything removes the upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import InputError, LakeError
+from pipelines.lake import HASH_BLOCK, PATHS, Lake
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One upload. Exactly one of ``rel`` (lake path), ``fs_path`` (same store, outside the lake)
+    and ``local`` (local file) is set."""
+
+    uri: str
+    rel: str | None = None
+    fs_path: str | None = None
+    local: Path | None = None
+
+    @property
+    def in_incoming(self) -> bool:
+        return self.rel is not None and self.rel.startswith(PATHS.incoming + "/")
+
+    @property
+    def name(self) -> str:
+        return (self.rel or self.fs_path or str(self.local)).rstrip("/").rsplit("/", 1)[-1]
+
+
+def resolve_upload(lake: Lake, uri: str) -> Upload:
+    """Locate ``uri``: a lake URI, a key relative to the lake (``incoming/x.h5ad``), a local path.
+
+    Raises ``InputError`` (code ``not_found``) when nothing is there.
+    """
+    up: Upload | None = None
+    if uri.startswith("s3://"):
+        if lake.protocol != "s3":
+            raise InputError(
+                f"{uri!r} is on S3 but the lake is {lake.uri!r}",
+                "upload it into the lake's incoming/",
+                code="not_found",
+            )
+        path = uri[len("s3://") :]
+        try:
+            up = Upload(uri, rel=lake.rel(path))
+        except LakeError:
+            up = Upload(uri, fs_path=path)
+    elif uri.startswith("file://") or Path(uri).expanduser().exists() or "://" in uri:
+        if "://" in uri and not uri.startswith("file://"):
+            raise InputError(
+                f"{uri!r} has an unsupported scheme", "give a local path, file:// or s3:// URI", code="not_found"
+            )
+        local = Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser().resolve()
+        if lake.protocol == "file" and str(local).startswith(lake.root + "/"):
+            up = Upload(uri, rel=lake.rel(str(local)))
+        else:
+            up = Upload(uri, local=local)
+    else:
+        up = Upload(uri, rel=uri.strip("/"))  # a key relative to the lake
+    if not _exists(lake, up):
+        raise InputError(f"{uri!r} does not exist", "check the path or upload the file first", code="not_found")
+    return up
+
+
+def _exists(lake: Lake, up: Upload) -> bool:
+    if up.local is not None:
+        return up.local.is_file()
+    return lake.fs.exists(up.fs_path or lake.path(up.rel or ""))
+
+
+def size(lake: Lake, up: Upload) -> int:
+    if up.local is not None:
+        return up.local.stat().st_size
+    return int(lake.fs.size(up.fs_path or lake.path(up.rel or "")))
+
+
+def sha256(lake: Lake, up: Upload) -> str:
+    """Hex SHA-256 of the upload's bytes, streamed."""
+    if up.rel is not None:
+        return lake.sha256(up.rel)
+    h = hashlib.sha256()
+    opener = open(up.local, "rb") if up.local is not None else lake.fs.open(up.fs_path, "rb", block_size=HASH_BLOCK)  # noqa: SIM115
+    with opener as f:
+        while block := f.read(HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_location(lake: Lake, up: Upload) -> tuple[str, dict[str, Any]]:
+    """``(url, storage_options)`` to read the upload's bytes with h5py/fsspec."""
+    if up.local is not None:
+        return str(up.local), {}
+    if up.fs_path is not None:
+        return f"s3://{up.fs_path}", lake.storage_options
+    return lake.url(up.rel or ""), lake.storage_options
+
+
+def raw_is_verified(lake: Lake, dataset_id: str, expected_size: int, sha: str) -> bool:
+    """Whether ``raw/<id>.h5ad`` holds exactly the upload's bytes (size, then SHA-256)."""
+    rel = PATHS.raw(dataset_id)
+    if not lake.exists(rel) or lake.size(rel) != expected_size:
+        return False
+    return lake.sha256(rel) == sha
+
+
+def store_raw(lake: Lake, up: Upload, dataset_id: str, sha: str) -> str:
+    """Copy the upload to ``raw/<dataset_id>.h5ad`` unless it is there already; verify; return the path.
+
+    Raises
+    ------
+    LakeError
+        When the copy's size or SHA-256 differs from the upload's.
+    """
+    rel = PATHS.raw(dataset_id)
+    expected = size(lake, up)
+    if up.rel == rel or raw_is_verified(lake, dataset_id, expected, sha):
+        return rel
+    if up.local is not None:
+        lake.put(up.local, rel)
+    elif up.rel is not None:
+        lake.copy(up.rel, rel)
+    else:
+        lake.fs.copy(up.fs_path, lake.path(rel))
+    if not raw_is_verified(lake, dataset_id, expected, sha):
+        lake.rm(rel)
+        raise LakeError(f"the copy of {up.uri!r} at {lake.url(rel)!r} does not match the original (size or SHA-256)")
+    return rel
+
+
+def remove_upload(lake: Lake, up: Upload) -> bool:
+    """Remove an upload under ``incoming/`` (its verified copy is in ``raw/``); others are left alone."""
+    if not up.in_incoming:
+        return False
+    lake.rm(up.rel or "")
+    return True

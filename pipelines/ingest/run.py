@@ -1,0 +1,386 @@
+"""``ingest(settings, uri)``: an upload becomes ``raw/<id>.h5ad`` and ``zarr/<id>.zarr``.
+
+Steps: locate the upload and hash it (the dataset id); if that dataset is published,
+stop (nothing is computed twice). Otherwise inspect the file (refusing unusable ones
+with ``InputError`` before anything is copied), copy it to ``raw/`` and verify the copy,
+convert it part by part with Dask tasks into a staged Zarr store, publish the store
+atomically, and only then remove the upload from ``incoming/``.
+
+A crashed run leaves nothing visible: the store is staged under ``_staging/`` and parts
+finished before the crash are kept there, so running again converts only what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from pipelines import __version__
+from pipelines.dataset import ENCODING_TYPE, ENCODING_VERSION, open_store
+from pipelines.errors import InputError, LakeError
+from pipelines.ingest import raw
+from pipelines.ingest.convert import TRANSPOSE_BLOCK_VALUES, convert_part, transpose_columns
+from pipelines.ingest.source import SourceSpec, inspect_source, open_h5, read_var
+from pipelines.ingest.writer import part_is_complete
+from pipelines.lake import PATHS, Lake
+from pipelines.logs import Progress, get_logger
+from pipelines.settings import Settings
+
+log = get_logger(__name__)
+
+PLAN_ATTR = "sclake-ingest-plan"  # root attribute of a staged store: what it is being converted from
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What ``ingest`` did. ``already`` is true when the same bytes were ingested before."""
+
+    dataset_id: str
+    zarr_uri: str
+    raw_uri: str
+    n_obs: int
+    n_vars: int
+    n_parts: int
+    counts_source: str
+    gene_id_source: str | None
+    already: bool
+    seconds: float
+
+    @property
+    def cells_per_second(self) -> float:
+        return self.n_obs / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {**asdict(self), "cells_per_second": round(self.cells_per_second, 1)}
+
+
+def plan_parts(n_obs: int, part_cells: int) -> list[tuple[int, int, int]]:
+    """``[(index, start, stop), …]``: consecutive row ranges of ``part_cells`` rows (the last may be shorter)."""
+    return [(i, a, min(a + part_cells, n_obs)) for i, a in enumerate(range(0, n_obs, part_cells))]
+
+
+def ingest(settings: Settings, uri: str, *, client: Any = None) -> IngestResult:
+    """Ingest one upload; returns the dataset id and what was written.
+
+    Parameters
+    ----------
+    settings
+        Lake, Dask and part/shard sizes (``part_cells``, ``shard_cells``).
+    uri
+        ``s3://…`` or ``file://…`` URI, a key relative to the lake (``incoming/x.h5ad``) or
+        a local path (uploaded into ``raw/``).
+    client
+        A Dask ``Client`` to use; default: one from :func:`pipelines.dask_cluster.dask_client`,
+        started only when there is something to convert.
+
+    Raises
+    ------
+    InputError
+        The file is missing, not an HDF5 ``.h5ad``, truncated, has no count matrix or no raw
+        counts, or uses an unsupported encoding. The URI is attached as a note; the upload is
+        left where it was and nothing of it stays in ``raw/`` or ``zarr/``.
+    LakeError
+        The lake cannot be written, or a raw copy does not verify.
+    """
+    lake = Lake(settings)
+    try:
+        up = raw.resolve_upload(lake, uri)
+        return _ingest(settings, lake, up, client)
+    except InputError as e:
+        if not any(uri in n for n in getattr(e, "__notes__", [])):
+            e.add_note(f"upload: {uri}")
+        raise
+
+
+def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> IngestResult:
+    t0 = time.perf_counter()
+    sha = raw.sha256(lake, up)
+    dataset_id = sha[:16]
+    zrel, raw_rel = PATHS.zarr(dataset_id), PATHS.raw(dataset_id)
+    if lake.is_published(zrel):
+        return _already(lake, up, dataset_id, sha, t0)
+    url, opts = raw.read_location(lake, up)
+    spec = inspect_source(url, opts)
+    log.info(
+        "ingest %s as %s: %d cells x %d genes, counts in %s (%s), gene ids in %s",
+        up.uri,
+        dataset_id,
+        spec.n_obs,
+        spec.n_vars,
+        spec.counts_key,
+        spec.layout,
+        spec.gene_id_source,
+    )
+    raw.store_raw(lake, up, dataset_id, sha)
+    spec = replace(spec, url=lake.url(raw_rel), storage_options=lake.storage_options)
+    try:
+        n_parts = convert(settings, lake, spec, dataset_id, sha, client=client)
+    except InputError:
+        if up.rel != raw_rel:
+            lake.rm(raw_rel)  # a rejected file is no accepted original
+        lake.rm(PATHS.staging(zrel), recursive=True)
+        raise
+    raw.remove_upload(lake, up)
+    result = IngestResult(
+        dataset_id,
+        lake.url(zrel),
+        lake.url(raw_rel),
+        spec.n_obs,
+        spec.n_vars,
+        n_parts,
+        spec.counts_key,
+        spec.gene_id_source,
+        False,
+        time.perf_counter() - t0,
+    )
+    log.info(
+        "ingested %s: %s cells in %.1fs (%.0f cells/s)",
+        dataset_id,
+        f"{spec.n_obs:,}",
+        result.seconds,
+        result.cells_per_second,
+    )
+    return result
+
+
+def _already(lake: Lake, up: raw.Upload, dataset_id: str, sha: str, t0: float) -> IngestResult:
+    zrel, raw_rel = PATHS.zarr(dataset_id), PATHS.raw(dataset_id)
+    info = lake.commit_info(zrel)
+    if info.get("source_sha256") not in (None, sha):
+        raise LakeError(f"dataset {dataset_id} was published from other bytes (SHA-256 {info['source_sha256']!r})")
+    if not lake.exists(raw_rel) or lake.size(raw_rel) != raw.size(lake, up):
+        raw.store_raw(lake, up, dataset_id, sha)  # the original went missing: restore it from the upload
+    raw.remove_upload(lake, up)
+    log.info("%s is dataset %s, ingested before: nothing to do", up.uri, dataset_id)
+    return IngestResult(
+        dataset_id,
+        lake.url(zrel),
+        lake.url(raw_rel),
+        int(info.get("n_obs", 0)),
+        int(info.get("n_vars", 0)),
+        int(info.get("n_parts", 0)),
+        str(info.get("counts_source", "")),
+        info.get("gene_id_source"),
+        True,
+        time.perf_counter() - t0,
+    )
+
+
+def convert(settings: Settings, lake: Lake, spec: SourceSpec, dataset_id: str, sha: str, *, client: Any = None) -> int:
+    """Convert the source into ``zarr/<dataset_id>.zarr`` (staged, resumed, published); returns the part count."""
+    import anndata as ad
+    from anndata.io import write_elem
+
+    zrel = PATHS.zarr(dataset_id)
+    parts = plan_parts(spec.n_obs, settings.part_cells)
+    plan = {
+        "source_sha256": sha,
+        "n_obs": spec.n_obs,
+        "n_vars": spec.n_vars,
+        "counts_key": spec.counts_key,
+        "layout": spec.layout,
+        "part_cells": settings.part_cells,
+        "shard_cells": settings.shard_cells,
+        "encoding-version": ENCODING_VERSION,
+    }
+    commit_info = {
+        "encoding-type": ENCODING_TYPE,
+        "encoding-version": ENCODING_VERSION,
+        "dataset_id": dataset_id,
+        "source_sha256": sha,
+        "n_obs": spec.n_obs,
+        "n_vars": spec.n_vars,
+        "n_parts": len(parts),
+        "counts_source": spec.counts_key,
+        "gene_id_source": spec.gene_id_source,
+        "sclake_version": __version__,
+    }
+    with lake.publishing(zrel, resume=True, info=commit_info) as stage:
+        stage_url = lake.url(stage)
+        store = open_store(stage_url, lake.storage_options, read_only=False)
+        root = _open_staged_root(store, plan)
+        with open_h5(spec.url, spec.storage_options) as f:
+            var = read_var(f, spec)
+        with ad.settings.override(auto_shard_zarr_v3=False):
+            write_elem(root, "var", var)
+        done = {i: rec for i, a, b in parts if (rec := part_is_complete(root, i, a, b))}
+        todo = [p for p in parts if p[0] not in done]
+        if done:
+            log.info("resuming %s: %d of %d parts were converted before", dataset_id, len(done), len(parts))
+        if todo:
+            with contextlib.ExitStack() as stack:
+                if client is None:
+                    from pipelines.dask_cluster import dask_client
+
+                    client = stack.enter_context(dask_client(settings))
+                done.update(_run_parts(client, settings, lake, spec, dataset_id, stage, stage_url, parts, todo))
+        records = [done[i] for i, _, _ in parts]
+        root.attrs.put(_root_attrs(spec, dataset_id, sha, settings, records))
+    return len(parts)
+
+
+def _open_staged_root(store: Any, plan: dict[str, Any]):
+    """The staged root group: kept when it was started for the same plan, else started afresh."""
+    import zarr
+
+    try:
+        root = zarr.open_group(store, mode="r+", zarr_format=3)
+        if dict(root.attrs).get(PLAN_ATTR) == plan:
+            return root
+    except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
+        pass
+    return zarr.create_group(store, overwrite=True, zarr_format=3, attributes={PLAN_ATTR: plan})
+
+
+def _run_parts(
+    client: Any,
+    settings: Settings,
+    lake: Lake,
+    spec: SourceSpec,
+    dataset_id: str,
+    stage: str,
+    stage_url: str,
+    parts: list[tuple[int, int, int]],
+    todo: list[tuple[int, int, int]],
+) -> dict[int, dict[str, Any]]:
+    from distributed import as_completed
+
+    token = uuid.uuid4().hex[:8]  # task keys only; nothing on disk depends on it
+    scratch_rel = f"{stage}.transpose"
+    scratch_url = None
+    if spec.layout == "csc":
+        scratch_url = lake.url(scratch_rel)
+        lake.rm(scratch_rel, recursive=True)
+        _transpose(client, lake, spec, scratch_url, parts, token)
+    progress = Progress(f"ingest {dataset_id}", total=spec.n_obs, unit="cells")
+    progress.advance(sum(b - a for i, a, b in parts if (i, a, b) not in todo))
+    futures = [
+        client.submit(
+            _task,
+            convert_part,
+            spec,
+            stage_url,
+            lake.storage_options,
+            i,
+            a,
+            b,
+            shard_cells=settings.shard_cells,
+            scratch_url=scratch_url,
+            key=f"sclake-ingest-{dataset_id}-{token}-part-{i:05d}",
+            retries=1,
+            pure=False,
+        )
+        for i, a, b in todo
+    ]
+    records: dict[int, dict[str, Any]] = {}
+    for fut in as_completed(futures):
+        rec = _unwrap(fut.result())
+        records[rec["index"]] = rec
+        progress.advance(rec["stop"] - rec["start"])
+        log.info(
+            "part %d/%d: cells %d-%d, %s values, %.1fs",
+            rec["index"] + 1,
+            len(parts),
+            rec["start"],
+            rec["stop"],
+            f"{rec['nnz']:,}",
+            rec["seconds"],
+        )
+    progress.finish()
+    if scratch_url is not None:
+        lake.rm(scratch_rel, recursive=True)
+    return records
+
+
+def _transpose(client: Any, lake: Lake, spec: SourceSpec, scratch_url: str, parts: list, token: str) -> None:
+    """First pass for CSC sources: column blocks bucketed by part into scratch files."""
+    from distributed import wait
+
+    with open_h5(spec.url, spec.storage_options) as f:
+        indptr = f[spec.counts_key]["indptr"][...].astype(np.int64)
+    bounds = [a for _, a, _ in parts] + [spec.n_obs]
+    blocks, start = [], 0
+    while start < spec.n_vars:
+        limit = indptr[start] + TRANSPOSE_BLOCK_VALUES
+        stop = max(start + 1, int(np.searchsorted(indptr, limit, side="right")) - 1)
+        stop = min(stop, spec.n_vars)
+        blocks.append((start, stop))
+        start = stop
+    log.info("CSC source: transposing %d column blocks into %d parts", len(blocks), len(parts))
+    futures = [
+        client.submit(
+            _task,
+            transpose_columns,
+            spec,
+            scratch_url,
+            lake.storage_options,
+            k,
+            a,
+            b,
+            bounds,
+            key=f"sclake-transpose-{token}-{k:05d}",
+            retries=1,
+            pure=False,
+        )
+        for k, (a, b) in enumerate(blocks)
+    ]
+    wait(futures)
+    for fut in futures:
+        _unwrap(fut.result())
+
+
+def _task(func, *args, **kwargs) -> dict[str, Any]:
+    """Run a task; an ``InputError`` comes back as data (its reason, hint and code survive pickling)."""
+    try:
+        return {"ok": func(*args, **kwargs)}
+    except InputError as e:
+        return {
+            "input_error": {
+                "reason": e.reason,
+                "hint": e.hint,
+                "code": e.code,
+                "notes": list(getattr(e, "__notes__", [])),
+            }
+        }
+
+
+def _unwrap(out: dict[str, Any]) -> Any:
+    if "input_error" in out:
+        err = out["input_error"]
+        e = InputError(err["reason"], err["hint"], code=err["code"])
+        for note in err["notes"]:
+            e.add_note(note)
+        raise e
+    return out["ok"]
+
+
+def _root_attrs(
+    spec: SourceSpec, dataset_id: str, sha: str, settings: Settings, records: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "encoding-type": ENCODING_TYPE,
+        "encoding-version": ENCODING_VERSION,
+        "dataset_id": dataset_id,
+        "n_obs": spec.n_obs,
+        "n_vars": spec.n_vars,
+        "nnz": int(sum(r["nnz"] for r in records)),
+        "parts": [{k: int(r[k]) for k in ("index", "start", "stop", "nnz")} for r in records],
+        "counts_source": spec.counts_key,
+        "gene_id_source": spec.gene_id_source,
+        "source_sha256": sha,
+        "source_layout": spec.layout,
+        "source_dtype": spec.dtype,
+        "counts_summary": {
+            "max": float(max((r["max"] for r in records), default=0.0)),
+            "negative": int(sum(r["negative"] for r in records)),
+            "non_integer": int(sum(r["non_integer"] for r in records)),
+        },
+        "part_cells": settings.part_cells,
+        "shard_cells": settings.shard_cells,
+        "sclake_version": __version__,
+    }
