@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import ipaddress
 import json
+import logging
 import pickle
 import re
 import socket
@@ -350,6 +351,8 @@ def test_cli_synthesize_and_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("SCLAKE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SCLAKE_MODELS_DIR", str(tmp_path / "models"))
     get_settings.cache_clear()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     try:
         runner = CliRunner()
         result = runner.invoke(app, ["models", "synthesize", V1, "--tiny", "--seed", "3"])
@@ -373,3 +376,7 @@ def test_cli_synthesize_and_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert result.exit_code != 0 and isinstance(result.exception, ModelFilesError)
     finally:
         get_settings.cache_clear()
+        # the CLI installs a log handler on the runner's stderr: leave logging as it was
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
