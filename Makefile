@@ -27,3 +27,22 @@ format:
 clean:
 	-$(UV) run --frozen sclake stack down
 	rm -rf .sclake .pytest_cache
+
+# ---- the compose stack (docs/deployment.md) -------------------------------------------
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE_FILE_ARGS = -f compose/docker-compose.yml
+COMPOSE_ENV = $(if $(wildcard compose/.env),compose/.env,.env.example)
+
+.PHONY: compose-env compose-config compose-up compose-down
+
+compose-env:  ## compose/.env with generated secrets (existing values are kept)
+	python3 -m pipelines.envgen
+
+compose-config:  ## validate the compose file with compose/.env (.env.example when there is none)
+	$(COMPOSE) $(COMPOSE_FILE_ARGS) --env-file $(COMPOSE_ENV) config -q
+
+compose-up: compose-env  ## build the images and start the stack
+	$(COMPOSE) $(COMPOSE_FILE_ARGS) --env-file compose/.env up -d --build
+
+compose-down:  ## stop the stack (volumes are kept)
+	$(COMPOSE) $(COMPOSE_FILE_ARGS) --env-file $(COMPOSE_ENV) down

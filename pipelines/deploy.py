@@ -1,0 +1,180 @@
+"""Names the compose stack (``compose/docker-compose.yml``) defines, for code that starts containers in it.
+
+Airflow's DockerOperator (``SCLAKE_EXECUTION_MODE=docker``) starts each step in the worker
+image next to the compose services. The container must reach the Docker API through the
+socket proxy, join the stack's network, mount the model cache and scratch volumes and, for
+GPU steps, claim its GPUs the way the Dask GPU workers do. :func:`docker_operator_kwargs`
+gathers all of that; the constants are the single source the compose file is tested
+against (``tests/test_compose.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.settings import Settings
+
+COMPOSE_FILE = "compose/docker-compose.yml"
+ENV_TEMPLATE = ".env.example"
+ENV_FILE = "compose/.env"
+
+# The Docker API as the Airflow workers reach it: a socket proxy, never the raw socket.
+DOCKER_PROXY_SERVICE = "docker-socket-proxy"
+DOCKER_URL = f"tcp://{DOCKER_PROXY_SERVICE}:2375"
+DOCKER_API_NETWORK = "sclake-docker-api"
+
+# The network every service and every step container is on.
+NETWORK = "sclake"
+
+# Images built from docker/ (their tags in .env.example carry the sclake version).
+IMAGE_VERSION = "0.1.0"
+AIRFLOW_IMAGE = f"sclake-airflow:{IMAGE_VERSION}"
+WORKER_IMAGE = f"sclake-worker:{IMAGE_VERSION}-cpu"
+WORKER_CUDA_IMAGE = f"sclake-worker:{IMAGE_VERSION}-cuda"
+
+# Named volumes (fixed names, so containers started outside compose mount them) and where.
+MODEL_CACHE_VOLUME = "sclake-models"
+MODEL_CACHE_PATH = "/models"
+DATA_VOLUME = "sclake-data"
+DATA_PATH = "/data"
+GPU_LOCK_VOLUME = "sclake-gpu-locks"
+GPU_LOCK_PATH = "/run/sclake-gpus"
+STEP_MOUNTS: tuple[tuple[str, str], ...] = (
+    (MODEL_CACHE_VOLUME, MODEL_CACHE_PATH),
+    (DATA_VOLUME, DATA_PATH),
+    (GPU_LOCK_VOLUME, GPU_LOCK_PATH),
+)
+
+# The worker images' entry point claims this many free GPUs (see docker/entrypoint.sh).
+GPU_CLAIM_ENV = "SCLAKE_GPU_CLAIM"
+GPU_CLAIM_TIMEOUT_ENV = "SCLAKE_GPU_CLAIM_TIMEOUT"
+GPU_CLAIM_TIMEOUT_S = 3600
+
+# Service names other containers address.
+SERVICES = {
+    "s3": "minio",
+    "mlflow": "mlflow",
+    "dask_scheduler": "dask-scheduler",
+    "pushgateway": "pushgateway",
+    "statsd": "statsd-exporter",
+    "airflow_api": "airflow-apiserver",
+}
+
+DEFAULT_QUEUE = "default"
+
+
+def step_environment(settings: Settings, gpus: int = 0) -> dict[str, str]:
+    """Environment of a step container, without secrets (shown in Airflow's rendered templates).
+
+    Parameters
+    ----------
+    settings
+        The Airflow worker's settings: endpoints are passed on as they are (service names).
+    gpus
+        GPUs the step needs; the container claims that many free GPUs at start.
+    """
+    env = {
+        "SCLAKE_LAKE_URI": settings.lake_uri,
+        "SCLAKE_S3_REGION": settings.s3_region,
+        "SCLAKE_HOME": f"{DATA_PATH}/home",
+        "SCLAKE_MODELS_DIR": MODEL_CACHE_PATH,
+        "CACHE_DIR_HELICAL_PREFIX": MODEL_CACHE_PATH,
+        "SCLAKE_MODELS": settings.models,
+        "SCLAKE_LOG_LEVEL": settings.log_level,
+        "HF_HUB_OFFLINE": "1",
+        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+        "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+    }
+    optional = {
+        "SCLAKE_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "SCLAKE_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "SCLAKE_DASK_ADDRESS": settings.dask_address,
+        "SCLAKE_PUSHGATEWAY_URL": settings.pushgateway_url,
+    }
+    env.update({k: v for k, v in optional.items() if v})
+    if gpus > 0:
+        env[GPU_CLAIM_ENV] = str(gpus)
+        env[GPU_CLAIM_TIMEOUT_ENV] = str(GPU_CLAIM_TIMEOUT_S)
+    return env
+
+
+def step_private_environment(settings: Settings) -> dict[str, str]:
+    """The secrets of a step container (the DockerOperator's ``private_environment``: never rendered)."""
+    env = {"SCLAKE_S3_ACCESS_KEY": settings.s3_access_key, "SCLAKE_S3_SECRET_KEY": settings.s3_secret_key}
+    return {k: v for k, v in env.items() if v}
+
+
+def docker_operator_kwargs(settings: Settings, gpus: int = 0) -> dict[str, Any]:
+    """Keyword arguments of a ``DockerOperator`` that runs a step in the compose stack.
+
+    Parameters
+    ----------
+    settings
+        Settings of the Airflow worker (``worker_image`` names the image).
+    gpus
+        GPUs the step needs (from the model's resource profile). Docker gives a container
+        asking for ``count=N`` GPUs always the first N, so the container is given every
+        GPU and claims ``gpus`` free ones itself (``SCLAKE_GPU_CLAIM``), waiting up to
+        ``GPU_CLAIM_TIMEOUT_S`` for them.
+
+    Returns
+    -------
+    dict
+        ``image``, ``docker_url``, ``network_mode``, ``mounts``, ``device_requests``,
+        ``environment``, ``private_environment``, ``mount_tmp_dir`` (off: the Airflow
+        worker's temporary folder does not exist on the Docker host) and ``auto_remove``.
+    """
+    if gpus < 0:
+        raise ValueError(f"gpus={gpus!r} must be 0 or more")
+    from docker.types import DeviceRequest, Mount
+
+    return {
+        "image": settings.worker_image,
+        "docker_url": DOCKER_URL,
+        "network_mode": NETWORK,
+        "mounts": [Mount(target=path, source=volume, type="volume") for volume, path in STEP_MOUNTS],
+        "device_requests": [DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None,
+        "environment": step_environment(settings, gpus),
+        "private_environment": step_private_environment(settings),
+        "mount_tmp_dir": False,
+        "auto_remove": "success",
+    }
+
+
+def airflow_pools(settings: Settings, gpus: int) -> dict[str, dict[str, Any]]:
+    """The Airflow pools of the compose stack, in ``airflow pools import`` format.
+
+    The same pools as the embedded stack (``pipelines.stack.airflow.pools``), except that
+    pools of GPU profiles get one slot per GPU of the host (``gpus``; at least one).
+    """
+    from pipelines.stack.airflow import pools
+
+    out = {
+        name: {"slots": slots, "description": description, "include_deferred": False}
+        for name, (slots, description) in pools(settings).items()
+    }
+    for profile in _profiles():
+        if profile.device_class == "gpu" and profile.airflow_pool in out:
+            out[profile.airflow_pool]["slots"] = max(gpus, 1)
+    return out
+
+
+def worker_queues() -> list[str]:
+    """Celery queues an Airflow worker consumes: ``default`` and every resource profile's queue."""
+    queues = [DEFAULT_QUEUE]
+    for profile in _profiles():
+        queue = getattr(profile, "airflow_queue", None)
+        if queue and queue not in queues:
+            queues.append(queue)
+    return queues
+
+
+def _profiles() -> list[Any]:
+    try:
+        from pipelines.profiles import load_profiles
+    except ModuleNotFoundError as e:  # a build without resource profiles
+        if e.name != "pipelines.profiles":
+            raise
+        return []
+    return list(load_profiles().values())
