@@ -5,6 +5,7 @@ Layout (relative to ``SCLAKE_LAKE_URI``)::
     incoming/                                   drop zone (any sub-folders)
     raw/<dataset_id>.h5ad                       accepted originals, immutable
     zarr/<dataset_id>.zarr                      the chunked dataset
+    tokens/dataset_id=<id>/vocab=<hash>/part-<NNNNN>.parquet   rank-value tokens, shared by models of one vocabulary
     embeddings/model=<m>/dataset_id=<id>/part-<NNNNN>.parquet
     quarantine/<dataset_id>/                    rejected uploads + reason.json
     reports/<dataset_id>/                       validation results, Data Docs, QC plots, lineage records
@@ -75,6 +76,7 @@ class LakePaths:
     reports_dir: str = "reports"
     models_dir: str = "models"
     cells_dir: str = "cells"
+    tokens_dir: str = "tokens"
     state_dir: str = "_state"
 
     def raw(self, dataset_id: str) -> str:
@@ -124,6 +126,15 @@ class LakePaths:
 
     def cells_obs(self, dataset_id: str) -> str:
         return f"{self.cells(dataset_id)}/obs.parquet"
+
+    def tokens(self, dataset_id: str, vocab_hash: str) -> str:
+        """Published folder of a dataset's tokens for one vocabulary (``Vocabulary.hash``)."""
+        if not re.match(r"^[0-9a-f]{16}$", vocab_hash or ""):
+            raise ValueError(f"vocabulary hash {vocab_hash!r} is not 16 lowercase hex digits")
+        return f"{self.tokens_dir}/dataset_id={check_dataset_id(dataset_id)}/vocab={vocab_hash}"
+
+    def token_part(self, dataset_id: str, vocab_hash: str, part: int) -> str:
+        return f"{self.tokens(dataset_id, vocab_hash)}/{part_name(part)}.parquet"
 
     def state(self, name: str) -> str:
         return f"{self.state_dir}/{name}"
