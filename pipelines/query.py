@@ -148,12 +148,12 @@ def committed_partitions(lake: Lake) -> dict[tuple[str, str], list[str]]:
     return out
 
 
-def zarr_datasets(lake: Lake) -> list[str]:
-    """Dataset ids that have a published Zarr store."""
+def zarr_datasets(lake: Lake, *, skip: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Dataset ids that have a published Zarr store (those in ``skip`` are not checked)."""
     ids = []
     for rel in lake.ls(PATHS.zarr_dir):
         m = _ZARR_RE.match(rel)
-        if m and lake.is_published(rel):
+        if m and m.group(1) not in skip and lake.is_published(rel):
             ids.append(m.group(1))
     return ids
 
@@ -216,10 +216,15 @@ def create_views(con: duckdb.DuckDBPyConnection, settings: Settings, *, material
     parts = [duckdb_location(lake, p) for files in committed_partitions(lake).values() for p in files]
     embeddings = _read_parquet_sql(parts, EMBEDDING_HIVE_TYPES) if parts else EMPTY_EMBEDDINGS
     con.execute(f"CREATE OR REPLACE VIEW embeddings AS {embeddings}")
+    have = committed_cells(lake)
     if materialize_cells:
-        for dataset_id in zarr_datasets(lake):
+        done = {rel.split("/")[1].removeprefix("dataset_id=") for rel in have}
+        missing = zarr_datasets(lake, skip=done)
+        for dataset_id in missing:
             write_cells(settings, dataset_id, lake=lake)
-    files = [duckdb_location(lake, p) for p in committed_cells(lake)]
+        if missing:
+            have = committed_cells(lake)
+    files = [duckdb_location(lake, p) for p in have]
     cells = _read_parquet_sql(files, CELLS_HIVE_TYPES) if files else EMPTY_CELLS
     con.execute(f"CREATE OR REPLACE VIEW cells AS {cells}")
 

@@ -198,3 +198,32 @@ def test_docs_recipe_runs(two_models: Settings, monkeypatch: pytest.MonkeyPatch,
     assert counts == [("gf-a", 95), ("gf-b", 72), ("gf-c", 11)]
     assert con.execute("SELECT count(*) FROM cells WHERE dataset_id = ?", [DS_A]).fetchone()[0] == 2
     assert "gf-a" in capsys.readouterr().out
+
+
+def test_cells_view_from_an_ingested_dataset(settings_s3: Settings, tmp_path) -> None:
+    """The obs of an ingested dataset is written once as Parquet and read by the cells view (S3 lake)."""
+    from distributed import Client
+
+    from pipelines.dataset import open_dataset
+    from pipelines.ingest import ingest
+    from pipelines.sample import write_sample
+
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
+        sample = write_sample(tmp_path / "a.h5ad", cells=120, genes=300, seed=5)
+        result = ingest(settings_s3, str(sample), client=client)
+    lake = Lake(settings_s3)
+    assert not lake.is_published(PATHS.cells(result.dataset_id))
+    con = connect(settings_s3)
+    assert lake.is_published(PATHS.cells(result.dataset_id))
+    obs = open_dataset(lake, result.dataset_id).obs
+    sql = "SELECT cell_type, count(*) FROM cells WHERE dataset_id = ? GROUP BY 1 ORDER BY 1"
+    rows = con.execute(sql, [result.dataset_id])
+    assert rows.fetchall() == sorted(obs["cell_type"].astype(str).value_counts().items())
+    ids = [r[0] for r in con.execute("SELECT cell_id FROM cells ORDER BY cell_id").fetchall()]
+    assert ids == sorted(obs.index.astype(str))
+    with lake.open(PATHS.cells_obs(result.dataset_id)) as f:
+        meta = pq.read_schema(f).metadata
+    assert meta[b"encoding-type"] == b"sclake.cells-obs" and meta[b"dataset_id"] == result.dataset_id.encode()
+    stamp = lake.commit_info(PATHS.cells(result.dataset_id))
+    connect(settings_s3)  # written once: a second connection reuses it
+    assert lake.commit_info(PATHS.cells(result.dataset_id)) == stamp
