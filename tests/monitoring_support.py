@@ -73,9 +73,9 @@ def service(argv: list[str], health_url: str, log: Path, env: dict[str, str] | N
 
 
 @contextmanager
-def pushgateway(tmp: Path) -> Iterator[str]:
-    """A real Pushgateway on a free port; yields its URL."""
-    port = free_port()
+def pushgateway(tmp: Path, port: int | None = None) -> Iterator[str]:
+    """A real Pushgateway (on a free port unless given); yields its URL."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     # Debian's default persistence file is shared by every Pushgateway on the machine: use our own.
     argv = [
@@ -131,13 +131,13 @@ class Prometheus:
 
 
 @contextmanager
-def prometheus(tmp: Path, config_text: str) -> Iterator[Prometheus]:
-    """A real Prometheus with ``config_text`` (scrape interval as configured) on a free port."""
-    port = free_port()
+def prometheus(tmp: Path, config_text: str, port: int | None = None) -> Iterator[Prometheus]:
+    """A real Prometheus with ``config_text`` (on a free port unless given)."""
+    port = port or free_port()
     root = tmp / f"prometheus-{port}"
     (root / "data").mkdir(parents=True)
     config = root / "prometheus.yml"
-    config.write_text(config_text.replace("PROMETHEUS_SELF", f"127.0.0.1:{port}"))
+    config.write_text(config_text)
     argv = [
         binary("prometheus"),
         f"--config.file={config}",
