@@ -30,8 +30,8 @@ TEMPLATE = ROOT / deploy.ENV_TEMPLATE
 BIN = Path(sys.executable).parent
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
 SCRIPTS = sorted([*(ROOT / "compose").rglob("*.sh"), *(ROOT / "docker").glob("*.sh")])
-ONE_SHOT = {"preflight", "minio-init", "airflow-init", "models-fetch", "models-sync"}
-PROFILES = ("gpu", "flower", "models")
+ONE_SHOT = {"preflight", "minio-init", "airflow-init", "models-fetch", "models-sync", "gpu-check"}
+PROFILES = ("gpu", "dask-gpu", "flower", "models")
 
 
 def compose(*args: str, env_file: Path = TEMPLATE, profiles: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -162,8 +162,11 @@ def test_built_images_carry_their_dockerfiles(resolved: dict) -> None:
 
 
 def test_gpu_workers_reserve_gpus_and_claim_one_each(resolved: dict) -> None:
+    check = resolved["services"]["gpu-check"]
+    assert check["profiles"] == ["gpu"] and check["image"] == deploy.WORKER_CUDA_IMAGE
+    assert check["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     gpu = resolved["services"]["dask-worker-gpu"]
-    assert gpu["profiles"] == ["gpu"]
+    assert gpu["profiles"] == ["dask-gpu"]
     assert gpu["image"] == deploy.WORKER_CUDA_IMAGE
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
