@@ -182,8 +182,8 @@ def test_docker_api_only_through_the_socket_proxy(resolved: dict) -> None:
     services = resolved["services"]
     proxy = services[deploy.DOCKER_PROXY_SERVICE]
     assert any(v.endswith(":/var/run/docker.sock:ro") for v in proxy["volumes"])
+    assert any(v.endswith(":/usr/local/etc/haproxy/haproxy.cfg:ro") for v in proxy["volumes"])
     assert "ports" not in proxy
-    assert proxy["environment"]["EXEC"] == "0" and proxy["environment"]["CONTAINERS"] == "1"
     assert list(proxy["networks"]) == ["docker-api"]
     api = resolved["networks"]["docker-api"]
     assert api == {"name": deploy.DOCKER_API_NETWORK, "internal": True}
@@ -566,3 +566,184 @@ def test_dags_in_docker_mode_match_the_compose_services(tmp_path: Path, resolved
                 assert deploy.GPU_CLAIM_ENV in t["environment"], f"{where}: all GPUs without a claim"
         assert t["queue"] in queues, where
         assert t["pool"] in pools or t["pool"] == "default_pool", where
+
+
+# ---------------------------------------------------------------- the socket proxy's rules, on a real HAProxy
+
+PROXY_CFG = ROOT / "compose" / "docker-socket-proxy" / "haproxy.cfg"
+
+
+class _FakeDocker:
+    """A Unix-socket HTTP server standing in for the Docker daemon: answers 200 and records each request."""
+
+    def __init__(self, path: Path) -> None:
+        import http.server
+        import socketserver
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                seen.append((self.command, self.path))
+                path = self.path.split("?")[0]
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                answer: object = {}
+                if path.endswith("/version"):
+                    answer = {"ApiVersion": "1.47", "Version": "stand-in"}
+                elif path.endswith("/containers/create"):
+                    answer = {"Id": "0123abcd", "Warnings": []}
+                elif path.endswith("/wait"):
+                    answer = {"StatusCode": 0}
+                elif path.endswith("/images/json"):
+                    answer = []
+                body = b"OK" if path.endswith("/_ping") else json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_DELETE = do_PUT = _answer
+
+            def address_string(self) -> str:
+                return "docker.sock"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = socketserver.UnixStreamServer(str(path), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def socket_proxy(tmp_path: Path):
+    """The compose proxy's haproxy.cfg, run by a real HAProxy in front of a stand-in Docker socket."""
+    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (Debian package haproxy)")
+    sock = tmp_path / "docker.sock"
+    docker = _FakeDocker(sock)
+    port = _free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    text = PROXY_CFG.read_text()
+    assert "server docker /var/run/docker.sock" in text and "bind :2375" in text
+    cfg.write_text(text.replace("/var/run/docker.sock", str(sock)).replace("bind :2375", f"bind 127.0.0.1:{port}"))
+    check = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    proc = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import socket
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", docker
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        docker.close()
+
+
+def _status(base: str, method: str, path: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(base + path, method=method, data=b"{}" if method in ("POST", "PUT") else None)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+ALLOWED = [
+    ("GET", "/_ping"),
+    ("GET", "/v1.47/version"),
+    ("GET", "/v1.47/images/json?filter=sclake-worker"),
+    ("POST", "/v1.47/images/create?fromImage=sclake-worker&tag=0.1.0-cpu"),
+    ("POST", "/v1.47/containers/create"),
+    ("POST", "/v1.47/containers/0123abcd/start"),
+    ("POST", "/v1.47/containers/0123abcd/attach?stdout=1&stderr=1&stream=1"),
+    ("POST", "/v1.47/containers/0123abcd/wait"),
+    ("POST", "/v1.47/containers/0123abcd/stop"),
+    ("GET", "/v1.47/containers/0123abcd/json"),
+    ("DELETE", "/v1.47/containers/0123abcd"),
+]
+DENIED = [
+    ("POST", "/v1.47/containers/0123abcd/exec"),
+    ("POST", "/v1.47/exec/0123abcd/start"),
+    ("GET", "/v1.47/containers/0123abcd/archive?path=/etc"),
+    ("GET", "/v1.47/containers/0123abcd/export"),
+    ("POST", "/v1.47/containers/0123abcd/kill"),
+    ("POST", "/v1.47/containers/0123abcd/update"),
+    ("POST", "/v1.47/commit?container=0123abcd"),
+    ("POST", "/v1.47/build"),
+    ("GET", "/v1.47/volumes"),
+    ("POST", "/v1.47/volumes/create"),
+    ("GET", "/v1.47/networks"),
+    ("GET", "/v1.47/info"),
+    ("GET", "/v1.47/secrets"),
+    ("POST", "/v1.47/swarm/init"),
+    ("POST", "/v1.47/plugins/pull"),
+    ("DELETE", "/v1.47/images/sclake-worker"),
+    ("GET", "/v1.47/containers/json"),
+    ("PUT", "/v1.47/containers/0123abcd/archive?path=/"),
+]
+
+
+def test_docker_client_calls_pass_the_socket_proxy(socket_proxy, settings_file) -> None:
+    """The requests docker-py makes for a DockerOperator run (the same client and arguments) all pass."""
+    from docker import APIClient
+
+    base, docker = socket_proxy
+    kwargs = deploy.docker_operator_kwargs(settings_file, gpus=1)
+    cli = APIClient(base_url=base.replace("http://", "tcp://"), version="auto", timeout=10)
+    assert cli.ping()
+    assert cli.images(name=kwargs["image"]) == []
+    container = cli.create_container(
+        image=kwargs["image"],
+        command=["sclake", "step", "embed"],
+        environment={**kwargs["environment"], **kwargs["private_environment"]},
+        host_config=cli.create_host_config(
+            mounts=kwargs["mounts"],
+            network_mode=kwargs["network_mode"],
+            device_requests=kwargs["device_requests"],
+        ),
+    )
+    cli.start(container["Id"])
+    assert cli.wait(container["Id"]) == {"StatusCode": 0}
+    cli.stop(container["Id"])
+    cli.remove_container(container["Id"])
+    methods = [m for m, _ in docker.seen]
+    assert methods.count("POST") == 4 and methods.count("DELETE") == 1
+
+
+def test_socket_proxy_allows_only_what_the_docker_operator_calls(socket_proxy) -> None:
+    base, docker = socket_proxy
+    got = {f"{m} {p}": _status(base, m, p) for m, p in ALLOWED + DENIED}
+    assert {k: v for k, v in got.items() if (tuple(k.split(" ", 1)) in ALLOWED) != (v == 200)} == {}
+    assert all(got[f"{m} {p}"] == 403 for m, p in DENIED)
+    # Denied calls never reach the daemon.
+    assert sorted(docker.seen) == sorted(ALLOWED)
