@@ -1,0 +1,256 @@
+"""Geneformer's BERT encoder for inference: torch only, no masked-LM head, only the layers needed.
+
+Helical's ``get_embs`` runs ``BertForMaskedLM`` with ``output_hidden_states=True`` and
+takes ``hidden_states[emb_layer]``: index 0 is the embedding output and index ``k`` the
+output of layer ``k``, so ``emb_layer=-1`` (the default) is the last layer and
+``emb_layer=k >= 0`` needs only the first ``k`` layers. This module builds the same
+network from the model's ``config.json`` and weights, skips the vocabulary projection
+Helical computes for every token and the hidden states it keeps, runs only
+``layers_needed(emb_layer)`` layers, and pools as Helical does for ``emb_mode="cell"``:
+the mean over each cell's non-padding positions, ``<cls>`` and ``<eos>`` excluded when the
+vocabulary has them.
+
+Attention is PyTorch's ``scaled_dot_product_attention`` with a key-padding mask (fused
+kernels on CPU and CUDA). In bf16/fp16 the weights of the linear layers are converted
+once; layer norms, softmax accumulation and pooling stay in fp32 inputs where it matters.
+
+Only ``torch`` (and ``safetensors`` for ``.safetensors`` weights) is imported, so the inner
+loop runs where neither anndata nor Helical is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The fields of a BERT ``config.json`` that the encoder uses."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    hidden_act: str = "relu"
+    layer_norm_eps: float = 1e-12
+    type_vocab_size: int = 2
+    pad_token_id: int = 0
+    position_embedding_type: str = "absolute"
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> EncoderConfig:
+        raw = json.loads(Path(path).read_text())
+        names = set(cls.__dataclass_fields__)
+        cfg = cls(**{k: raw[k] for k in names if k in raw})
+        if cfg.position_embedding_type != "absolute":
+            raise ValueError(
+                f"{str(path)!r}: position_embedding_type {cfg.position_embedding_type!r} is not 'absolute'"
+            )
+        if cfg.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"{str(path)!r}: hidden_act {cfg.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
+        if cfg.hidden_size % cfg.num_attention_heads:
+            raise ValueError(f"{str(path)!r}: hidden_size is not a multiple of num_attention_heads")
+        return cfg
+
+
+def layers_needed(emb_layer: int, num_layers: int) -> int:
+    """Layers to run for Helical's ``emb_layer`` (``hidden_states[emb_layer]``).
+
+    Helical accepts ``-1`` (the last layer) and ``0 .. num_layers - 1``; ``0`` is the
+    embedding output (no layer at all).
+    """
+    if emb_layer == -1:
+        return num_layers
+    if 0 <= emb_layer < num_layers:
+        return emb_layer
+    raise ValueError(f"emb_layer {emb_layer!r} is not available; use -1 or 0..{num_layers - 1}")
+
+
+class _LayerNorm(nn.LayerNorm):
+    """Layer norm computed in fp32 whatever the activation dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
+
+
+class _Layer(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        h = cfg.hidden_size
+        self.heads = cfg.num_attention_heads
+        self.qkv = nn.Linear(h, 3 * h)
+        self.attn_out = nn.Linear(h, h)
+        self.attn_norm = _LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.ffn_in = nn.Linear(h, cfg.intermediate_size)
+        self.ffn_out = nn.Linear(cfg.intermediate_size, h)
+        self.ffn_norm = _LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.act = ACTIVATIONS[cfg.hidden_act]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, s, h = x.shape
+        d = h // self.heads
+        qkv = self.qkv(x).view(b, s, 3, self.heads, d).permute(2, 0, 3, 1, 4)
+        ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask, scale=1.0 / math.sqrt(d))
+        ctx = ctx.transpose(1, 2).reshape(b, s, h)
+        x = self.attn_norm(self.attn_out(ctx) + x)
+        return self.ffn_norm(self.ffn_out(self.act(self.ffn_in(x))) + x)
+
+
+class GeneformerEncoder(nn.Module):
+    """BERT embeddings plus the first ``num_layers`` encoder layers (inference only).
+
+    Build it with :func:`load_encoder`.
+    """
+
+    def __init__(self, cfg: EncoderConfig, num_layers: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        # Token type 0 for every token: its embedding is a constant added to every position.
+        self.register_buffer("token_type", torch.zeros(cfg.hidden_size))
+        self.norm = _LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layers = nn.ModuleList(_Layer(cfg) for _ in range(num_layers))
+
+    @property
+    def width(self) -> int:
+        return self.cfg.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[batch, seq, hidden]`` of the last layer run (padding rows included)."""
+        s = input_ids.shape[1]
+        if s > self.cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {s} exceeds the model's {self.cfg.max_position_embeddings} positions")
+        pos = self.position.weight[:s] + self.token_type
+        x = self.norm(self.word(input_ids) + pos)
+        # Key-padding mask, [batch, 1, 1, seq]; None when no row is padded.
+        mask = None
+        if bool((lengths < s).any()):
+            mask = (torch.arange(s, device=input_ids.device) < lengths[:, None])[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+def pool_cells(hidden: torch.Tensor, lengths: torch.Tensor, cls_present: bool, eos_present: bool) -> torch.Tensor:
+    """Helical's ``emb_mode="cell"`` pooling, in fp32: mean over positions ``[start, length - end)``.
+
+    ``start`` is 1 when the vocabulary has ``<cls>``; ``end`` is 1 more when it also has
+    ``<eos>``. A cell with no position left gets NaN (as in Helical: 0 / 0).
+    """
+    start = 1 if cls_present else 0
+    count = lengths - start - (1 if cls_present and eos_present else 0)
+    pos = torch.arange(hidden.shape[1], device=hidden.device)
+    keep = (pos >= start) & (pos < (start + count)[:, None])
+    summed = torch.einsum("bs,bsh->bh", keep.float(), hidden.float())
+    return summed / count[:, None].float()
+
+
+def _read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(weights))
+    return torch.load(str(weights), map_location="cpu", weights_only=True, mmap=True)
+
+
+def _bert_key(state: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """``state[name]`` with or without the ``bert.`` prefix, and old ``gamma``/``beta`` names."""
+    candidates = [f"bert.{name}", name]
+    if name.endswith(".weight"):
+        candidates += [f"bert.{name[:-7]}.gamma", f"{name[:-7]}.gamma"]
+    elif name.endswith(".bias"):
+        candidates += [f"bert.{name[:-5]}.beta", f"{name[:-5]}.beta"]
+    for key in candidates:
+        if key in state:
+            return state[key]
+    raise KeyError(f"the weights have no tensor {name!r} (looked for {candidates})")
+
+
+def load_encoder(
+    model_dir: str | Path,
+    *,
+    emb_layer: int = -1,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    weights_file: str | None = None,
+) -> GeneformerEncoder:
+    """Build the encoder from a Geneformer model folder (``config.json`` + weights).
+
+    Parameters
+    ----------
+    model_dir : path
+        The folder Helical loads with ``BertForMaskedLM.from_pretrained``.
+    emb_layer : int, default -1
+        Helical's ``emb_layer``; only :func:`layers_needed` layers are built and loaded.
+    device : str or torch.device
+    precision : {"fp32", "bf16", "fp16"}
+        dtype of the weights and activations (layer norms compute in fp32).
+    weights_file : str, optional
+        ``model.safetensors`` or ``pytorch_model.bin``; default: whichever exists.
+
+    Returns
+    -------
+    GeneformerEncoder
+        In eval mode on ``device``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISIONS)}")
+    model_dir = Path(model_dir)
+    cfg = EncoderConfig.from_json(model_dir / "config.json")
+    n = layers_needed(emb_layer, cfg.num_hidden_layers)
+    if weights_file is None:
+        found = [f for f in ("model.safetensors", "pytorch_model.bin") if (model_dir / f).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{str(model_dir)!r} holds neither model.safetensors nor pytorch_model.bin")
+        weights_file = found[0]
+    state = _read_state_dict(model_dir / weights_file)
+    enc = GeneformerEncoder(cfg, n)
+    own: dict[str, torch.Tensor] = {
+        "word.weight": _bert_key(state, "embeddings.word_embeddings.weight"),
+        "position.weight": _bert_key(state, "embeddings.position_embeddings.weight"),
+        "token_type": _bert_key(state, "embeddings.token_type_embeddings.weight")[0],
+        "norm.weight": _bert_key(state, "embeddings.LayerNorm.weight"),
+        "norm.bias": _bert_key(state, "embeddings.LayerNorm.bias"),
+    }
+    for i in range(n):
+        p = f"encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            own[f"layers.{i}.qkv.{kind}"] = torch.cat(
+                [_bert_key(state, f"{p}attention.self.{w}.{kind}") for w in ("query", "key", "value")]
+            )
+            own[f"layers.{i}.attn_out.{kind}"] = _bert_key(state, f"{p}attention.output.dense.{kind}")
+            own[f"layers.{i}.attn_norm.{kind}"] = _bert_key(state, f"{p}attention.output.LayerNorm.{kind}")
+            own[f"layers.{i}.ffn_in.{kind}"] = _bert_key(state, f"{p}intermediate.dense.{kind}")
+            own[f"layers.{i}.ffn_out.{kind}"] = _bert_key(state, f"{p}output.dense.{kind}")
+            own[f"layers.{i}.ffn_norm.{kind}"] = _bert_key(state, f"{p}output.LayerNorm.{kind}")
+    enc.load_state_dict({k: v.float() for k, v in own.items()}, strict=True)
+    del state
+    dtype = PRECISIONS[precision]
+    enc = enc.to(device)
+    if dtype != torch.float32:
+        # Linear and embedding weights in the compute dtype; layer-norm parameters stay fp32.
+        for module in enc.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                module.to(dtype)
+        enc.token_type = enc.token_type.to(dtype)
+    return enc.eval().requires_grad_(False)

@@ -1,0 +1,356 @@
+"""The inference loop: token parts in, one embeddings Parquet per part out, streamed.
+
+:class:`Embedder` turns the token sequences of one part into cell embeddings: it sorts the
+cells into length buckets under the token budget, pads each batch (pinned host memory and
+non-blocking copies on CUDA), runs the encoder under ``torch.inference_mode``, pools,
+keeps the results on the device until the part is done and puts them back in row order.
+
+:func:`run_parts` streams several parts through one :class:`Embedder`: a reader thread
+loads the next token parts while the device computes (``prefetch`` parts ahead), and a
+writer thread writes each finished part to the staging folder of the output, so reading,
+computing and writing overlap. Memory held at once: the encoder, at most ``prefetch + 2``
+token parts and one batch of activations, whatever the size of the dataset.
+
+This module needs torch, NumPy and pyarrow (the lake I/O), not anndata or Helical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.embed.batching import pad_batch, plan_batches
+from pipelines.logs import get_logger
+
+if TYPE_CHECKING:
+    import torch
+
+    from pipelines.embed.tokens import TokenPart
+    from pipelines.settings import Settings
+
+log = get_logger(__name__)
+
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to run the encoder.
+
+    Attributes
+    ----------
+    device : str
+        ``cpu``, ``cuda`` or ``cuda:<i>``.
+    precision : str
+        ``fp32``, ``bf16`` or ``fp16``.
+    token_budget : int
+        Padded tokens per forward batch.
+    emb_layer : int
+        Helical's ``emb_layer`` (-1: the last layer).
+    prefetch : int
+        Token parts read ahead of the one being computed.
+    threads : int, optional
+        torch intra-op threads on CPU (default: leave torch's setting).
+    max_cells : int, optional
+        Cells per batch at most.
+    """
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    token_budget: int = 16384
+    emb_layer: int = -1
+    prefetch: int = 1
+    threads: int | None = None
+    max_cells: int | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+@dataclass
+class PartStats:
+    """Counters of one part (or of a whole run, summed)."""
+
+    cells: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    batches: int = 0
+    read_s: float = 0.0
+    compute_s: float = 0.0
+    write_s: float = 0.0
+
+    def add(self, other: PartStats) -> None:
+        for name in ("cells", "tokens", "padded_tokens", "batches", "read_s", "compute_s", "write_s"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class Embedder:
+    """An encoder on a device with Helical's ``emb_mode="cell"`` pooling.
+
+    Parameters
+    ----------
+    model_dir : path
+        Folder with ``config.json`` and the weights.
+    cls_present, eos_present : bool
+        Whether the vocabulary has ``<cls>`` / ``<eos>`` (excluded from the mean, as in Helical).
+    pad_id : int
+        Token id of ``<pad>``.
+    options : EngineOptions
+    """
+
+    def __init__(self, model_dir: Any, *, cls_present: bool, eos_present: bool, pad_id: int, options: EngineOptions):
+        import torch
+
+        from pipelines.embed.encoder import load_encoder
+
+        self.options = options
+        if options.threads and not options.is_cuda:
+            torch.set_num_threads(int(options.threads))
+        self.device = torch.device(options.device)
+        self.encoder = load_encoder(
+            model_dir, emb_layer=options.emb_layer, device=self.device, precision=options.precision
+        )
+        self.cls_present, self.eos_present, self.pad_id = cls_present, eos_present, pad_id
+        self.width = self.encoder.width
+
+    def _pooled_counts(self, lengths: np.ndarray) -> np.ndarray:
+        start = 1 if self.cls_present else 0
+        return lengths - start - (1 if self.cls_present and self.eos_present else 0)
+
+    def embed(
+        self,
+        ids: np.ndarray,
+        offsets: np.ndarray,
+        stats: PartStats | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Embeddings ``(n_cells, width)`` float32 of the cells ``ids[offsets[i]:offsets[i+1]]``, in order.
+
+        A cell with no gene token gets NaN (Helical divides 0 by 0 there).
+        """
+        import torch
+
+        from pipelines.embed.encoder import pool_cells
+
+        lengths = np.diff(offsets).astype(np.int64)
+        out = np.full((len(lengths), self.width), np.nan, dtype=np.float32)
+        valid = np.flatnonzero(self._pooled_counts(lengths) > 0)
+        if len(valid) == 0:
+            return out
+        batches = plan_batches(
+            lengths[valid],
+            self.options.token_budget,
+            max_cells=self.options.max_cells,
+            pad_multiple=8 if self.options.is_cuda else 1,
+        )
+        cuda = self.options.is_cuda
+        results: list[torch.Tensor] = []
+        order: list[np.ndarray] = []
+        with torch.inference_mode():
+            for batch in batches:
+                rows = valid[batch.rows]
+                host_ids = torch.from_numpy(pad_batch(ids, offsets, rows, batch.width, self.pad_id))
+                host_len = torch.from_numpy(lengths[rows])
+                if cuda:
+                    host_ids, host_len = host_ids.pin_memory(), host_len.pin_memory()
+                dev_ids = host_ids.to(self.device, non_blocking=cuda)
+                dev_len = host_len.to(self.device, non_blocking=cuda)
+                hidden = self.encoder(dev_ids, dev_len)
+                results.append(pool_cells(hidden, dev_len, self.cls_present, self.eos_present))
+                order.append(rows)
+                if on_batch is not None:
+                    on_batch(len(rows))
+                if stats is not None:
+                    stats.batches += 1
+                    stats.padded_tokens += batch.tokens
+            pooled = torch.cat(results).float().cpu().numpy()  # one device sync per part
+        out[np.concatenate(order)] = pooled
+        if stats is not None:
+            stats.tokens += int(lengths[valid].sum())
+        return out
+
+
+@lru_cache(maxsize=2)
+def cached_embedder(model_dir: str, cls_present: bool, eos_present: bool, pad_id: int, options: EngineOptions):
+    """One :class:`Embedder` per process and configuration (Dask workers keep it between tasks)."""
+    return Embedder(model_dir, cls_present=cls_present, eos_present=eos_present, pad_id=pad_id, options=options)
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """Everything a worker needs to embed parts of one dataset with one model (small, picklable)."""
+
+    settings: Settings
+    dataset_id: str
+    model: str
+    model_dir: str
+    tokens_prefix: str  # lake path of the published tokens
+    stage: str  # lake path of the embeddings staging folder
+    cls_present: bool
+    eos_present: bool
+    pad_id: int
+    options: EngineOptions
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _select(part: TokenPart, keep: np.ndarray | None) -> tuple[Any, Any, Any, np.ndarray]:
+    """Cell ids, obs, token ids and offsets of the kept rows of a part."""
+    if keep is None:
+        return part.cell_ids, part.obs, part.tokens.ids, part.tokens.offsets
+    keep = np.asarray(keep, dtype=np.int64)
+    if len(keep) and (keep.min() < 0 or keep.max() >= len(part)):
+        raise IndexError(f"kept rows of part {part.part} fall outside its {len(part)} cells")
+    sub = part.tokens.take(keep)
+    return part.cell_ids.take(keep), part.obs.take(keep), sub.ids, sub.offsets
+
+
+def run_parts(
+    job: EmbedJob, parts: list[int], keep: dict[int, np.ndarray] | None = None, *, progress: bool = False
+) -> dict[str, Any]:
+    """Embed ``parts`` of the job's dataset and write them into the staging folder (a Dask task or in-process).
+
+    Parameters
+    ----------
+    job : EmbedJob
+    parts : list of int
+        Part indices, processed in this order.
+    keep : dict, optional
+        Rows to embed per part (sorted indices within the part); default: every row.
+    progress : bool, default False
+        Log progress lines (cells done, cells/s) as batches complete.
+
+    Returns
+    -------
+    dict
+        ``files`` (one record per part: path, rows, bytes, sha256), ``stats`` (summed
+        :class:`PartStats` fields), ``peak_rss_bytes`` and ``gpu_peak_memory_bytes`` of
+        this process, ``device``.
+    """
+    from pipelines.embed import writer
+    from pipelines.embed.tokens import read_token_part
+    from pipelines.lake import Lake, part_name
+    from pipelines.logs import Progress
+
+    lake = Lake(job.settings)
+    total_cells = None if keep is None else sum(len(keep[p]) for p in parts)
+    meter = Progress(f"embed {job.dataset_id} {job.model}", total=total_cells, logger=log) if progress else None
+    embedder = cached_embedder(job.model_dir, job.cls_present, job.eos_present, job.pad_id, job.options)
+    gpu = None
+    if job.options.is_cuda:
+        import torch
+
+        gpu = torch.cuda
+        gpu.reset_peak_memory_stats(embedder.device)
+    total = PartStats()
+    files: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    inbox: queue.Queue = queue.Queue(maxsize=max(1, job.options.prefetch))
+    outbox: queue.Queue = queue.Queue(maxsize=1)
+
+    def put(q: queue.Queue, item: Any) -> bool:
+        """Put unless the run is stopping; ``False`` when it is."""
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                q.put(item, timeout=0.2)
+                return True
+        return False
+
+    def get(q: queue.Queue) -> Any:
+        """The next item, or ``_DONE`` once the run is stopping."""
+        while not stop.is_set():
+            with contextlib.suppress(queue.Empty):
+                return q.get(timeout=0.2)
+        return _DONE
+
+    def reader() -> None:
+        try:
+            for p in parts:
+                t0 = time.perf_counter()
+                tp = read_token_part(lake, f"{job.tokens_prefix}/{part_name(p)}.parquet")
+                if tp.part != p:
+                    raise ValueError(f"token file of part {p} says it holds part {tp.part}")
+                if not put(inbox, (p, tp, time.perf_counter() - t0)):
+                    return
+            put(inbox, _DONE)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
+            errors.append(e)
+            stop.set()
+
+    def write_loop() -> None:
+        try:
+            while (item := get(outbox)) is not _DONE:
+                p, table, stats = item
+                t0 = time.perf_counter()
+                rel = f"{job.stage}/{part_name(p)}.parquet"
+                record = writer.put_atomic(lake, rel, writer.parquet_bytes(table))
+                stats.write_s = time.perf_counter() - t0
+                files.append({**record, "part": p, "rows": table.num_rows})
+                total.add(stats)
+                log.info(
+                    "part %d: %d cells, %.2f cells/s (read %.1fs, compute %.1fs, write %.1fs)",
+                    p,
+                    stats.cells,
+                    stats.cells / stats.compute_s if stats.compute_s else 0.0,
+                    stats.read_s,
+                    stats.compute_s,
+                    stats.write_s,
+                )
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
+            errors.append(e)
+            stop.set()
+
+    reader_thread = threading.Thread(target=reader, name="sclake-embed-reader", daemon=True)
+    writer_thread = threading.Thread(target=write_loop, name="sclake-embed-writer", daemon=True)
+    reader_thread.start()
+    writer_thread.start()
+    finished = False
+    try:
+        while (item := get(inbox)) is not _DONE:
+            p, tp, read_s = item
+            stats = PartStats(read_s=read_s)
+            cell_ids, obs, ids, offsets = _select(tp, None if keep is None else keep.get(p))
+            t0 = time.perf_counter()
+            emb = embedder.embed(ids, offsets, stats, on_batch=meter.advance if meter else None)
+            stats.compute_s = time.perf_counter() - t0
+            stats.cells = len(offsets) - 1
+            table = writer.embeddings_table(cell_ids, emb, obs, {**job.metadata, "part": p})
+            del tp, emb, ids
+            if not put(outbox, (p, table, stats)):
+                break
+        finished = not stop.is_set()
+    finally:
+        if finished:
+            put(outbox, _DONE)  # the writer finishes what is queued, then stops
+            writer_thread.join()
+        stop.set()
+        reader_thread.join(timeout=60)
+        writer_thread.join(timeout=60)
+    if errors:
+        raise errors[0]
+    if meter is not None:
+        meter.finish()
+    return {
+        "files": sorted(files, key=lambda f: f["part"]),
+        "stats": total.__dict__,
+        "peak_rss_bytes": _peak_rss(),
+        "gpu_peak_memory_bytes": int(gpu.max_memory_allocated(embedder.device)) if gpu is not None else None,
+        "device": str(embedder.device),
+        "pid": os.getpid(),
+    }

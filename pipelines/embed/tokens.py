@@ -1,0 +1,310 @@
+"""The tokenize step: every Zarr part of a dataset to rank-value tokens, stored in the lake per vocabulary.
+
+``tokens/dataset_id=<id>/vocab=<hash>/part-<NNNNN>.parquet`` holds, for every cell of
+the part in row order, its ``cell_id``, ``input_ids`` and ``length`` and the scalar obs
+columns (``obs.<name>``) that the embedding files carry through
+(``schemas/tokens.schema.json``). The folder is published atomically once every part is
+written; a rerun after a crash keeps the parts already staged. Models whose vocabulary
+hash is equal (same dictionaries, input size and framing) reuse the same files.
+
+Parts are tokenised in parallel with Dask: on the given client, else with Dask's local
+threaded scheduler (NumPy's sort and SciPy's kernels release the GIL).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.embed import writer
+from pipelines.embed.tokenizer import TOKENIZER_VERSION, GenePlan, Tokens, Vocabulary, plan_genes, rank_value_encode
+from pipelines.errors import InputError, LakeError
+from pipelines.lake import PATHS, Lake, part_name
+from pipelines.logs import Progress, get_logger
+
+if TYPE_CHECKING:
+    from pipelines.settings import Settings
+
+log = get_logger(__name__)
+
+N_COUNTS_COLUMN = "n_counts"
+
+
+@dataclass
+class TokenizeResult:
+    """What :func:`tokenize_dataset` did (a small, JSON-friendly manifest)."""
+
+    dataset_id: str
+    model: str
+    vocab_hash: str
+    prefix: str
+    parts: int
+    cells: int
+    tokens: int
+    reused: bool
+    seconds: float
+    genes_matched: int = 0
+    collapse: bool = False
+    parts_resumed: int = 0
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def cells_per_s(self) -> float:
+        return self.cells / self.seconds if self.seconds > 0 and not self.reused else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {**asdict(self), "cells_per_s": self.cells_per_s}
+
+
+@dataclass(frozen=True)
+class TokenPart:
+    """One stored token part, read back: ids and offsets, cell ids, and the carried obs columns."""
+
+    part: int
+    cell_ids: pa.Array
+    tokens: Tokens
+    obs: pa.Table
+    metadata: dict[str, str]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def vocabulary_for(settings: Settings, model: str) -> Vocabulary:
+    """The vocabulary of ``model`` from its local files (dictionaries only; no weights are read)."""
+    from pipelines.models import check_model_files
+
+    return Vocabulary.from_model_files(check_model_files(settings, model, verify=False))
+
+
+def _n_counts(obs: Any) -> np.ndarray | None:
+    """Helical normalises by an ``n_counts`` obs column when the data has one."""
+    if N_COUNTS_COLUMN not in obs.columns:
+        return None
+    return np.asarray(obs[N_COUNTS_COLUMN].to_numpy())
+
+
+def tokenize_part(
+    settings: Settings, dataset_id: str, part: int, plan: GenePlan, vocab: Vocabulary, stage: str
+) -> dict[str, Any]:
+    """Tokenise Zarr part ``part`` and write it into the staging folder ``stage`` (a Dask task)."""
+    from pipelines.dataset import Dataset
+
+    started = time.perf_counter()
+    lake = Lake(settings)
+    ds = Dataset(lake.url(PATHS.zarr(dataset_id)), lake.storage_options)
+    x = ds.read_part_csr(part)
+    obs = ds.obs_part(part)
+    n_counts = _n_counts(obs)
+    toks = rank_value_encode(x, plan, vocab, n_counts)
+    meta = {
+        "dataset_id": dataset_id,
+        "part": part,
+        "vocab_hash": vocab.hash,
+        "tokenizer_version": TOKENIZER_VERSION,
+        "input_size": vocab.input_size,
+        "special_token": vocab.special_token,
+        "n_counts_source": "obs/n_counts" if n_counts is not None else "row sums",
+        "sclake_version": writer.package_version("sclake"),
+    }
+    table = writer.tokens_table(obs.index.astype(str), toks.ids, toks.offsets, writer.obs_columns(obs), meta)
+    record = writer.put_atomic(lake, f"{stage}/{part_name(part)}.parquet", writer.parquet_bytes(table))
+    return {
+        **record,
+        "part": part,
+        "cells": len(toks),
+        "tokens": int(toks.offsets[-1]),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def read_token_part(lake: Lake, rel: str) -> TokenPart:
+    """Read a token part written by :func:`tokenize_part`."""
+    with lake.open(rel, "rb") as f:
+        table = pq.read_table(f)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    if meta.get("encoding-type") != writer.encoding("tokens")["encoding-type"]:
+        raise LakeError(f"{lake.url(rel)!r} is not a sclake token part (encoding-type {meta.get('encoding-type')!r})")
+    ids_col = table.column("input_ids").combine_chunks()
+    offsets = np.asarray(ids_col.offsets, dtype=np.int64)
+    ids = np.asarray(ids_col.values, dtype=np.int32)
+    if offsets[0] != 0:  # a sliced array: rebase
+        ids, offsets = ids[offsets[0] : offsets[-1]], offsets - offsets[0]
+    obs_names = [n for n in table.column_names if n.startswith(writer.OBS_PREFIX)]
+    return TokenPart(
+        part=int(meta.get("part", -1)),
+        cell_ids=table.column("cell_id").combine_chunks(),
+        tokens=Tokens(ids, offsets),
+        obs=table.select(obs_names),
+        metadata=meta,
+    )
+
+
+def _staged_ok(lake: Lake, stage: str, vocab_hash: str) -> dict[int, dict[str, Any]]:
+    done = {}
+    for rel in writer.staged_parts(lake, stage):
+        found = writer.read_metadata(lake, rel)
+        if found is None:
+            continue
+        meta, rows = found
+        if meta.get("vocab_hash") == vocab_hash and meta.get("encoding-type") == "sclake.tokens":
+            done[int(meta["part"])] = {"path": rel, "cells": rows}
+    return done
+
+
+def _run(tasks: list[tuple], client: Any, progress: Progress) -> list[dict[str, Any]]:
+    if not tasks:
+        return []
+    out = []
+    if client is not None:
+        from distributed import as_completed
+
+        futures = [client.submit(tokenize_part, *t, pure=False, retries=1) for t in tasks]
+        for fut in as_completed(futures):
+            rec = fut.result()
+            out.append(rec)
+            progress.advance(rec["cells"])
+        return out
+    import dask
+
+    for rec in dask.compute(*[dask.delayed(tokenize_part)(*t) for t in tasks], scheduler="threads"):
+        out.append(rec)
+        progress.advance(rec["cells"])
+    return out
+
+
+def tokenize_dataset(settings: Settings, dataset_id: str, model: str, *, client: Any = None) -> TokenizeResult:
+    """Tokenise every part of ``dataset_id`` for ``model``'s vocabulary and publish the tokens.
+
+    Parameters
+    ----------
+    settings : Settings
+    dataset_id : str
+        A dataset in the lake (``sclake ingest`` prints it).
+    model : str
+        A model with local files; models sharing its vocabulary reuse the result.
+    client : distributed.Client, optional
+        Run the parts on this cluster; default: Dask's threaded scheduler in this process.
+
+    Returns
+    -------
+    TokenizeResult
+        ``reused=True`` when the tokens were already published.
+
+    Raises
+    ------
+    InputError
+        The dataset has no Ensembl gene ids, or none of its genes is in the vocabulary.
+    """
+    from pipelines.dataset import open_dataset
+
+    started = time.perf_counter()
+    lake = Lake(settings)
+    vocab = vocabulary_for(settings, model)
+    final = PATHS.tokens(dataset_id, vocab.hash)
+    if lake.is_published(final):
+        info = lake.commit_info(final)
+        return TokenizeResult(
+            dataset_id=dataset_id,
+            model=model,
+            vocab_hash=vocab.hash,
+            prefix=lake.url(final),
+            parts=int(info.get("parts", 0)),
+            cells=int(info.get("cells", 0)),
+            tokens=int(info.get("tokens", 0)),
+            reused=True,
+            seconds=time.perf_counter() - started,
+            genes_matched=int(info.get("genes_matched", 0)),
+            collapse=bool(info.get("collapse", False)),
+        )
+    ds = open_dataset(lake, dataset_id)
+    if ds.gene_ids is None:
+        raise InputError(
+            f"dataset {dataset_id} has no Ensembl gene ids (var index and columns hold none)",
+            "Geneformer needs Ensembl ids (ENSG...) in var: upload a file with them in the var index or a column",
+            code="no_ensembl_ids",
+        )
+    plan = plan_genes(list(ds.gene_ids), vocab)
+    if plan.n_genes == 0:
+        raise InputError(
+            f"none of the {ds.n_vars:,} genes of dataset {dataset_id} is in the vocabulary of {model!r}",
+            "check that var holds human Ensembl gene ids",
+            code="no_vocabulary_genes",
+        )
+    log.info(
+        "tokenize %s for %s (vocabulary %s): %d of %d genes in the vocabulary%s, %d parts",
+        dataset_id,
+        model,
+        vocab.hash,
+        plan.n_genes,
+        ds.n_vars,
+        " (ids collapsed through the mapping dictionary)" if plan.collapse else "",
+        len(ds.parts),
+    )
+    # Staged under the path derived from the final one (as Lake.publishing does, resuming), and
+    # committed with the totals, which are known only at the end.
+    stage = PATHS.staging(final)
+    if lake.protocol == "file":
+        lake.fs.makedirs(lake.path(stage), exist_ok=True)
+    writer.clear_partials(lake, stage)
+    done = _staged_ok(lake, stage, vocab.hash)
+    todo = [p.index for p in ds.parts if p.index not in done]
+    progress = Progress(f"tokenize {dataset_id}", total=ds.n_obs, unit="cells", logger=log)
+    progress.advance(sum(int(d["cells"]) for d in done.values()))
+    records = _run([(settings, dataset_id, p, plan, vocab, stage) for p in todo], client, progress)
+    progress.finish()
+    tokens = sum(r["tokens"] for r in records)
+    for p, d in done.items():
+        found = read_token_part(lake, d["path"])
+        tokens += int(found.tokens.offsets[-1])
+        records.append({"part": p, "cells": d["cells"], "path": d["path"]})
+    cells = sum(int(r["cells"]) for r in records)
+    info = {
+        **writer.encoding("tokens"),
+        "dataset_id": dataset_id,
+        "vocab_hash": vocab.hash,
+        "tokenizer_version": TOKENIZER_VERSION,
+        "model": model,
+        "parts": len(ds.parts),
+        "cells": cells,
+        "tokens": tokens,
+        "genes_matched": plan.n_genes,
+        "collapse": plan.collapse,
+    }
+    try:
+        lake.commit(stage, final, info)
+    except LakeError:
+        if not lake.is_published(final):
+            raise
+        log.info("tokens %s were published meanwhile by another run; using them", lake.url(final))
+    seconds = time.perf_counter() - started
+    log.info("tokenized %s cells of %s into %s in %.1fs", f"{cells:,}", dataset_id, lake.url(final), seconds)
+    return TokenizeResult(
+        dataset_id=dataset_id,
+        model=model,
+        vocab_hash=vocab.hash,
+        prefix=lake.url(final),
+        parts=len(ds.parts),
+        cells=cells,
+        tokens=tokens,
+        reused=False,
+        seconds=seconds,
+        genes_matched=plan.n_genes,
+        collapse=plan.collapse,
+        parts_resumed=len(done),
+        files=sorted(
+            (
+                {
+                    **{k: r[k] for k in ("bytes", "sha256") if k in r},
+                    "path": PATHS.token_part(dataset_id, vocab.hash, r["part"]),
+                }
+                for r in records
+            ),
+            key=lambda r: r["path"],
+        ),
+    )
