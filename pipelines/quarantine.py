@@ -20,14 +20,16 @@ the file in at least one place, and a rerun ends with it in exactly one.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipelines import __version__
-from pipelines.errors import LakeError
-from pipelines.lake import PATHS, Lake, check_dataset_id
+from pipelines.errors import InputError, LakeError
+from pipelines.lake import HASH_BLOCK, PATHS, Lake, check_dataset_id
 from pipelines.logs import get_logger
 from pipelines.settings import Settings
 
@@ -74,6 +76,14 @@ def _remove_if_same(lake: Lake, rel: str, sha: str) -> bool:
     return True
 
 
+def _local_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _drop_products(lake: Lake, dataset_id: str) -> None:
     """Remove what ingest made of a rejected upload (published or half-written)."""
     for final in (PATHS.zarr(dataset_id), PATHS.cells(dataset_id)):
@@ -89,9 +99,10 @@ def quarantine(
     *,
     local_file: str | Path | None = None,
     file_name: str | None = None,
-    upload_rel: str | None = None,
-) -> str:
-    """Move an upload to ``quarantine/<dataset_id>/`` with ``reason.json``; returns the quarantined path.
+    upload: str | None = None,
+    remove: tuple[str, ...] = (),
+) -> QuarantineEntry:
+    """Move an upload to ``quarantine/<dataset_id>/`` with ``reason.json``; returns its entry.
 
     Parameters
     ----------
@@ -101,15 +112,22 @@ def quarantine(
     reason : dict
         ``code``, ``reason``, ``hint`` and optionally ``failed_checks``, ``stage``, ``report``.
     source_rel : str, optional
-        Lake path of the original bytes: ``raw/<id>.h5ad`` after ingest, or the upload in
-        ``incoming/`` when ingest failed before copying it.
+        Lake path of the original bytes: ``raw/<id>.h5ad`` after ingest, or the upload
+        (e.g. under ``incoming/``) when ingest refused it before copying it.
     local_file : path, optional
         A local file holding the original bytes (an upload that never reached the lake);
         it is copied, never removed.
     file_name : str, optional
-        Name of the file in quarantine (default: the upload's base name).
-    upload_rel : str, optional
-        The upload's path in ``incoming/``, recorded as ``source`` and removed too.
+        Name of the file in quarantine (default: the base name of ``upload`` or the source).
+    upload : str, optional
+        The upload as the user gave it, recorded as ``source`` in ``reason.json``.
+    remove : tuple of str
+        More lake paths to remove once the copy is verified (only if they hold the same bytes).
+
+    Once the copy is verified and ``reason.json`` written, ``raw/<dataset_id>.h5ad``,
+    ``source_rel`` when it is under ``incoming/`` or ``raw/``, and ``remove`` are deleted
+    (each only if it holds the same bytes), and so are the dataset's Zarr store and obs
+    Parquet. Running it again finishes an interrupted run.
 
     Raises
     ------
@@ -118,14 +136,13 @@ def quarantine(
     """
     check_dataset_id(dataset_id)
     lake = Lake(settings)
-    folder = PATHS.quarantine(dataset_id)
-    origin = upload_rel or source_rel or (str(local_file) if local_file else None)
-    name = file_name or posixpath.basename(str(origin or f"{dataset_id}.h5ad")) or f"{dataset_id}.h5ad"
+    origin = upload or source_rel or (str(local_file) if local_file else None)
+    name = file_name or posixpath.basename(str(origin or "").rstrip("/")) or f"{dataset_id}.h5ad"
     if name == REASON_FILE:
         name = f"{dataset_id}-{name}"
-    dest = f"{folder}/{name}"
-    sources = [s for s in (source_rel, upload_rel, PATHS.raw(dataset_id)) if s]
-    present = [s for s in dict.fromkeys(sources) if lake.exists(s)]
+    dest = f"{PATHS.quarantine(dataset_id)}/{name}"
+    candidates = [s for s in dict.fromkeys((source_rel, PATHS.raw(dataset_id))) if s]
+    present = [s for s in candidates if lake.exists(s)]
     if present:
         sha = lake.sha256(present[0])
         if not (lake.exists(dest) and lake.sha256(dest) == sha):
@@ -137,9 +154,9 @@ def quarantine(
     elif lake.exists(dest):  # a rerun after the originals were already removed
         sha = lake.sha256(dest)
     else:
+        where = f" nor {str(local_file)!r}" if local_file else ""
         raise LakeError(
-            f"cannot quarantine dataset {dataset_id!r}: none of {sources!r} exists in {lake.uri!r}"
-            + (f" and {str(local_file)!r} is not a file" if local_file else "")
+            f"cannot quarantine dataset {dataset_id!r}: none of {candidates!r} exists in {lake.uri!r}{where}"
         )
     copied = lake.sha256(dest)
     if copied != sha:
@@ -147,37 +164,105 @@ def quarantine(
         raise LakeError(f"quarantine copy {lake.url(dest)!r} has SHA-256 {copied[:16]}…, the original {sha[:16]}…")
     if not sha.startswith(dataset_id):
         log.warning("quarantined file %s has SHA-256 %s…, not dataset id %s", dest, sha[:16], dataset_id)
+    code = reason.get("code") or "invalid_input"
     record = {
         **REASON_ENCODING,
         "dataset_id": dataset_id,
-        "source": upload_rel or source_rel or (str(local_file) if local_file else None),
+        "source": origin,
         "file": name,
         "sha256": sha,
         "size": lake.size(dest),
         "stage": reason.get("stage", "validate"),
-        "code": reason.get("code", "invalid_input"),
-        "reason": reason.get("reason", ""),
-        "hint": reason.get("hint", ""),
-        "failed_checks": list(reason.get("failed_checks") or [reason.get("code", "invalid_input")]),
+        "code": code,
+        "reason": reason.get("reason") or "",
+        "hint": reason.get("hint") or "",
+        "failed_checks": list(reason.get("failed_checks") or [code]),
         "report": reason.get("report"),
         "sclake_version": __version__,
     }
     lake.write_json(reason_path(dataset_id), record)
-    for rel in dict.fromkeys(sources):
-        _remove_if_same(lake, rel, sha)
+    owned = (PATHS.incoming + "/", PATHS.raw_dir + "/")
+    doomed = [PATHS.raw(dataset_id), *(s for s in [source_rel] if s and s.startswith(owned)), *remove]
+    for rel in dict.fromkeys(doomed):
+        if rel != dest:
+            _remove_if_same(lake, rel, sha)
     _drop_products(lake, dataset_id)
-    log.warning("quarantined %s as %s: [%s] %s", record["source"], lake.url(dest), record["code"], record["reason"])
-    return dest
+    log.warning("quarantined %s as %s: [%s] %s", origin, lake.url(dest), code, record["reason"])
+    return _entry(dataset_id, record)
 
 
-def _local_sha256(path: Path) -> str:
-    import hashlib
+def _entry(dataset_id: str, record: dict[str, Any], size: int | None = None) -> QuarantineEntry:
+    return QuarantineEntry(
+        dataset_id=dataset_id,
+        file=str(record.get("file", "")),
+        code=str(record.get("code", "")),
+        reason=str(record.get("reason", "")),
+        hint=str(record.get("hint", "")),
+        source=str(record.get("source") or ""),
+        size=int(record.get("size", 0) if size is None else size),
+    )
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 * 1024 * 1024):
-            h.update(block)
-    return h.hexdigest()
+
+def quarantine_upload(settings: Settings, uri: str, error: InputError) -> QuarantineEntry:
+    """Quarantine an upload that ingest refused (``error``: what was wrong, and the hint).
+
+    ``uri`` is what ingest was given: a lake URI or key (an upload under ``incoming/`` is
+    moved), an ``s3://`` object outside the lake or a local file (copied, left in place).
+    Its dataset id is computed from its bytes.
+
+    Raises
+    ------
+    InputError
+        ``uri`` does not exist (code ``not_found``): there is nothing to quarantine.
+    """
+    from pipelines.ingest.raw import resolve_upload
+    from pipelines.ingest.raw import sha256 as upload_sha256
+
+    lake = Lake(settings)
+    up = resolve_upload(lake, uri)
+    sha = upload_sha256(lake, up)
+    reason = {"stage": "ingest", "code": error.code, "reason": error.reason, "hint": error.hint}
+    if up.fs_path is not None:  # same store, outside the lake: copy it in through a local file
+        with tempfile.TemporaryDirectory(prefix="sclake-quarantine-") as tmp:
+            local = Path(tmp) / up.name
+            lake.fs.get_file(up.fs_path, str(local))
+            return quarantine(settings, sha[:16], reason, local_file=local, file_name=up.name, upload=uri)
+    return quarantine(settings, sha[:16], reason, up.rel, local_file=up.local, file_name=up.name, upload=uri)
+
+
+def quarantine_dataset(
+    settings: Settings, dataset_id: str, result: Any, *, upload: str | None = None
+) -> QuarantineEntry:
+    """Quarantine an ingested dataset that failed validation (``result``: a ``ValidationResult``).
+
+    The original is ``raw/<dataset_id>.h5ad``. ``upload`` (the upload's key or URI; default:
+    the one the ingest lineage record holds, if any) names the file in quarantine; if it is
+    still under ``incoming/`` with the same bytes, it is removed too.
+    """
+    lake = Lake(settings)
+    if not upload and lake.exists(PATHS.lineage_record(dataset_id)):
+        upload = lake.read_json(PATHS.lineage_record(dataset_id)).get("upload_key")  # the upload's name, if recorded
+    extra: tuple[str, ...] = ()
+    if upload:
+        try:
+            from pipelines.ingest.raw import resolve_upload
+
+            up = resolve_upload(lake, upload)
+            extra = (up.rel,) if up.in_incoming and up.rel else ()
+        except (InputError, LakeError):  # already moved to raw/ and removed: nothing more to remove
+            pass
+    reason = {
+        "stage": "validate",
+        "code": result.code,
+        "reason": result.reason,
+        "hint": result.hint,
+        "failed_checks": list(result.failed_checks),
+        "report": result.report or None,
+    }
+    name = posixpath.basename(upload.rstrip("/")) if upload else None
+    return quarantine(
+        settings, dataset_id, reason, PATHS.raw(dataset_id), file_name=name, upload=upload or None, remove=extra
+    )
 
 
 def read_reason(settings: Settings, dataset_id: str) -> dict[str, Any]:
@@ -197,17 +282,7 @@ def list_quarantine(settings: Settings) -> list[QuarantineEntry]:
         r = lake.read_json(rel)
         dataset_id = rel.split("/")[-2]
         file_rel = f"{PATHS.quarantine(dataset_id)}/{r.get('file', '')}"
-        entries.append(
-            QuarantineEntry(
-                dataset_id=dataset_id,
-                file=str(r.get("file", "")),
-                code=str(r.get("code", "")),
-                reason=str(r.get("reason", "")),
-                hint=str(r.get("hint", "")),
-                source=str(r.get("source") or ""),
-                size=lake.size(file_rel) if lake.exists(file_rel) else 0,
-            )
-        )
+        entries.append(_entry(dataset_id, r, lake.size(file_rel) if lake.exists(file_rel) else 0))
     return sorted(entries, key=lambda e: e.dataset_id)
 
 

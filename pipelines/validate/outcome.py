@@ -64,6 +64,12 @@ def _reason_not_raw_counts(f: dict[str, Any]) -> str:
     )
 
 
+def _non_finite(v: dict[str, Any]) -> str:
+    parts = [f"{v[k]:,} {word}" for k, word in (("n_nan", "NaN"), ("n_inf", "infinite")) if v.get(k)]
+    n = sum(int(v.get(k) or 0) for k in ("n_nan", "n_inf"))
+    return " and ".join(parts) + (" value" if n == 1 else " values")
+
+
 def _share(x: float) -> str:
     return f"{100 * x:.0f}%"
 
@@ -89,10 +95,7 @@ REASONS: dict[str, tuple[Any, str]] = {
         "Make cell ids unique (e.g. adata.obs_names_make_unique(), or prefix them with the sample), then upload again.",
     ),
     "non_finite_values": (
-        lambda f: (
-            f"{f.get('counts_source') or 'X'} holds {f['values']['n_nan']:,} NaN and "
-            f"{f['values']['n_inf']:,} infinite values"
-        ),
+        lambda f: f"{f.get('counts_source') or 'X'} holds {_non_finite(f['values'])}",
         "Upload raw counts without missing or infinite values.",
     ),
     "negative_values": (

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.errors import LakeError
 from pipelines.lake import PATHS, Lake, check_dataset_id
 from pipelines.logs import Progress, get_logger
 from pipelines.settings import Settings
@@ -102,6 +103,12 @@ def validate_dataset(
     check_dataset_id(dataset_id)
     model = model or (settings.model_list[0] if settings.model_list else settings.default_model)
     lake = Lake(settings)
+    if not lake.is_published(PATHS.zarr(dataset_id)) and lake.exists(f"{PATHS.quarantine(dataset_id)}/reason.json"):
+        reason = lake.read_json(f"{PATHS.quarantine(dataset_id)}/reason.json")
+        raise LakeError(
+            f"dataset {dataset_id!r} is in quarantine ({reason.get('code')}: {reason.get('reason')}); "
+            f"fix the file and run `sclake quarantine release {dataset_id}`"
+        )
     ds = open_dataset(lake, dataset_id)
     genes, mapping = model_vocabulary(settings, model)
     summaries = map_parts(ds.url, ds.storage_options, [p.index for p in ds.parts], client)

@@ -94,14 +94,18 @@ def gx_suite(name: str) -> Any:
     raises :class:`ConfigError` instead, so that a suite never runs with checks missing.
     """
     import great_expectations as gx
+    from great_expectations.exceptions import GreatExpectationsError
 
     data = load_suite(name)
-    suite = gx.ExpectationSuite(
-        name=data["name"],
-        expectations=data["expectations"],
-        meta=dict(data.get("meta") or {}),
-        notes=data.get("notes"),
-    )
+    try:
+        suite = gx.ExpectationSuite(
+            name=data["name"],
+            expectations=data["expectations"],
+            meta=dict(data.get("meta") or {}),
+            notes=data.get("notes"),
+        )
+    except (GreatExpectationsError, ValueError, TypeError, KeyError) as e:  # pydantic's errors are ValueErrors
+        raise ConfigError(f"expectation suite {str(suite_path(name))!r} is invalid: {e}") from e
     if len(suite.expectations) != len(data["expectations"]):
         raise ConfigError(
             f"expectation suite {str(suite_path(name))!r}: GX accepted {len(suite.expectations)} "
