@@ -218,6 +218,12 @@ def post_up_notes(settings: Settings) -> list[str]:
     """Extra lines for ``stack up`` (e.g. Airflow's UI address and admin credentials)."""
     notes = []
     try:
+        from pipelines.stack.monitoring import monitoring_notes
+    except ImportError:
+        pass
+    else:
+        notes.extend(monitoring_notes(settings))
+    try:
         from pipelines.stack.airflow import airflow_notes
     except ImportError:
         return notes
