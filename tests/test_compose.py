@@ -474,6 +474,37 @@ def test_pools_and_queues_cover_the_profiles(settings_file) -> None:
             assert pools[profile.airflow_pool]["slots"] == 3
 
 
+@pytest.mark.slow
+def test_airflow_init_pools_import_into_airflow(tmp_path: Path) -> None:
+    """What compose/airflow/init.sh does after the migration: `sclake compose pools` piped into
+    `airflow pools import`, on a real (SQLite) Airflow database; a second run resizes the GPU pool."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCLAKE_", "AIRFLOW"))}
+    env.update(
+        AIRFLOW_HOME=str(tmp_path / "airflow"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        SCLAKE_HOME=str(tmp_path / "home"),
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+
+    def run(*cmd: str) -> str:
+        r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        return r.stdout
+
+    run(str(BIN / "airflow"), "db", "migrate")
+    pools_file = tmp_path / "pools.json"
+    for gpus in (2, 3):
+        run(str(BIN / "sclake"), "compose", "pools", "--gpus", str(gpus), "--output", str(pools_file))
+        run(str(BIN / "airflow"), "pools", "import", str(pools_file))
+    exported = tmp_path / "exported.json"
+    run(str(BIN / "airflow"), "pools", "export", str(exported))
+    have = json.loads(exported.read_text())
+    wanted = json.loads(pools_file.read_text())
+    assert {k: have[k]["slots"] for k in wanted} == {k: v["slots"] for k, v in wanted.items()}
+    gpu_pools = [k for k, v in wanted.items() if "gpu" in v["description"]]
+    assert all(have[k]["slots"] == 3 for k in gpu_pools)
+
+
 def test_docker_operator_kwargs_build_a_real_operator(settings_file) -> None:
     from airflow.providers.docker.operators.docker import DockerOperator
 
