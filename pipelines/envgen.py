@@ -91,13 +91,20 @@ def parse_env(text: str) -> dict[str, str]:
     return out
 
 
-def gpu_values(gpus: int, template: dict[str, str]) -> dict[str, str]:
-    """Values that switch the stack between CPU-only and ``gpus`` GPUs."""
+def gpu_values(gpus: int, template: dict[str, str], profiles: str = "") -> dict[str, str]:
+    """Values that switch the stack between CPU-only and ``gpus`` GPUs.
+
+    ``profiles`` (the current ``COMPOSE_PROFILES``) keeps its other profiles; ``gpu`` is
+    added for ``gpus > 0``, and ``gpu``/``dask-gpu`` are removed for ``gpus == 0``.
+    """
     if gpus < 0:
         raise ConfigError(f"--gpus {gpus!r}: the number of GPUs must be 0 or more")
+    keep = [p.strip() for p in profiles.split(",") if p.strip() and p.strip() not in ("gpu", "dask-gpu")]
+    if gpus:
+        keep = ["gpu", *keep, *(["dask-gpu"] if "dask-gpu" in profiles.split(",") else [])]
     return {
         "SCLAKE_GPU_COUNT": str(gpus),
-        "COMPOSE_PROFILES": "gpu" if gpus else "",
+        "COMPOSE_PROFILES": ",".join(keep),
         "SCLAKE_WORKER_IMAGE": template["SCLAKE_WORKER_CUDA_IMAGE" if gpus else "SCLAKE_WORKER_CPU_IMAGE"],
     }
 
@@ -135,7 +142,8 @@ def write_env(path: Path, template: Path, *, force: bool = False, gpus: int | No
     if missing:
         raise ConfigError(f"env template {str(template)!r} lacks the secrets {missing!r}")
     existing = {} if force or not path.is_file() else parse_env(path.read_text())
-    overrides = gpu_values(gpus, defaults) if gpus is not None else {}
+    profiles = existing.get("COMPOSE_PROFILES", defaults.get("COMPOSE_PROFILES", ""))
+    overrides = gpu_values(gpus, defaults, profiles) if gpus is not None else {}
 
     result = EnvResult(path=path)
     out: list[str] = []

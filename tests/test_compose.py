@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -403,10 +404,13 @@ def test_write_env_generates_keeps_and_forces(tmp_path: Path) -> None:
     assert {k: again[k] for k in SECRETS} == {k: values[k] for k in SECRETS}
     assert again["AIRFLOW_PORT"] == "18080" and again["MY_EXTRA"] == "1"
 
+    path.write_text(path.read_text().replace("COMPOSE_PROFILES=\n", "COMPOSE_PROFILES=flower,dask-gpu\n"))
     gpu = write_env(path, TEMPLATE, gpus=4)
-    assert gpu.values["SCLAKE_GPU_COUNT"] == "4" and gpu.values["COMPOSE_PROFILES"] == "gpu"
+    assert gpu.values["SCLAKE_GPU_COUNT"] == "4" and gpu.values["COMPOSE_PROFILES"] == "gpu,flower,dask-gpu"
     assert gpu.values["SCLAKE_WORKER_IMAGE"] == deploy.WORKER_CUDA_IMAGE
     assert gpu.values["AIRFLOW_FERNET_KEY"] == values["AIRFLOW_FERNET_KEY"]
+    cpu = write_env(path, TEMPLATE, gpus=0)
+    assert cpu.values["COMPOSE_PROFILES"] == "flower" and cpu.values["SCLAKE_WORKER_IMAGE"] == deploy.WORKER_IMAGE
 
     forced = write_env(path, TEMPLATE, force=True)
     fresh = parse_env(path.read_text())
@@ -584,7 +588,8 @@ def test_dags_in_docker_mode_match_the_compose_services(tmp_path: Path, resolved
     for t in out["tasks"]:
         where = t["task"]
         assert t["image"] == deploy.WORKER_CUDA_IMAGE, where
-        assert t["command"][:2] == ["sclake", "step"], where
+        command = t["command"] if isinstance(t["command"], list) else shlex.split(t["command"])
+        assert command[:2] == ["sclake", "step"], where
         assert t["docker_url"] == deploy.DOCKER_URL, where
         assert t["network_mode"] == deploy.NETWORK == resolved["networks"]["sclake"]["name"], where
         assert t["mount_tmp_dir"] is False, f"{where}: the worker's tmp folder is not on the Docker host"
