@@ -74,7 +74,7 @@ def _embedding(lake: Lake, dataset_id: str, model: str) -> dict[str, Any]:
     prefix = PATHS.embeddings(model, dataset_id)
     out: dict[str, Any] = {"model": model, "url": lake.url(prefix), "published": lake.is_published(prefix)}
     if out["published"]:
-        manifest = record.embeddings_manifest(lake, model, dataset_id, checksums=False)
+        manifest = record.embeddings_manifest(lake, model, dataset_id, checksums="none")
         out.update(
             rows=manifest["rows"],
             parts=len(manifest["parts"]),

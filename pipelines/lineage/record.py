@@ -103,10 +103,17 @@ def _decode_metadata(meta: Mapping[bytes, bytes] | None) -> dict[str, Any]:
     return out
 
 
-def embeddings_manifest(lake: Lake, model: str, dataset_id: str, *, checksums: bool = True) -> dict[str, Any]:
+def embeddings_manifest(lake: Lake, model: str, dataset_id: str, *, checksums: str = "commit") -> dict[str, Any]:
     """Manifest of a published embeddings partition: every part's path, rows, bytes and SHA-256.
 
-    Also the commit info of the ``_SUCCESS`` marker and the first part's Parquet key-value metadata.
+    Also the commit info of the ``_SUCCESS`` marker (its file list left out) and the first
+    part's Parquet key-value metadata.
+
+    Parameters
+    ----------
+    checksums
+        ``"commit"``: the SHA-256 the writer recorded in the commit marker (computed when
+        missing); ``"compute"``: read every part and hash it; ``"none"``: no checksums.
 
     Raises
     ------
@@ -115,12 +122,16 @@ def embeddings_manifest(lake: Lake, model: str, dataset_id: str, *, checksums: b
     """
     import pyarrow.parquet as pq
 
+    if checksums not in ("commit", "compute", "none"):
+        raise ValueError(f"checksums {checksums!r} is not one of 'commit', 'compute', 'none'")
     prefix = PATHS.embeddings(model, dataset_id)
     if not lake.is_published(prefix):
         raise LakeError(
             f"embeddings of model {model!r} for dataset {dataset_id!r} are not published at {lake.url(prefix)!r}; "
             f"run `sclake embed {dataset_id} --model {model}` first"
         )
+    commit = dict(lake.commit_info(prefix))
+    recorded = {f.get("path"): f.get("sha256") for f in commit.pop("files", None) or [] if isinstance(f, dict)}
     parts, metadata, width = [], {}, None
     for rel in lake.ls(prefix, suffix=".parquet"):
         with lake.open(rel, "rb") as f:
@@ -130,8 +141,10 @@ def embeddings_manifest(lake: Lake, model: str, dataset_id: str, *, checksums: b
                 emb = pf.schema_arrow.field("embedding").type if "embedding" in pf.schema_arrow.names else None
                 width = getattr(emb, "list_size", None)
             entry = {"path": rel, "rows": pf.metadata.num_rows, "bytes": lake.size(rel)}
-        if checksums:
+        if checksums == "compute" or (checksums == "commit" and not recorded.get(rel)):
             entry["sha256"] = lake.sha256(rel)
+        elif checksums == "commit":
+            entry["sha256"] = recorded[rel]
         parts.append(entry)
     return {
         **MANIFEST_ENCODING,
@@ -141,7 +154,7 @@ def embeddings_manifest(lake: Lake, model: str, dataset_id: str, *, checksums: b
         "rows": sum(p["rows"] for p in parts),
         "width": width,
         "parts": parts,
-        "commit": lake.commit_info(prefix),
+        "commit": commit,
         "parquet_metadata": metadata,
     }
 

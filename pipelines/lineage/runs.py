@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from pipelines.errors import SclakeError
 from pipelines.lake import PATHS, Lake, check_dataset_id, check_model_name
 from pipelines.lineage import record, tracking
 from pipelines.logs import get_logger
@@ -349,8 +350,6 @@ def log_embedding_run(
     parent_run_id = parent_run_id or find_ingest_run(settings, dataset_id) or log_ingest_run(settings, dataset_id)
 
     result = as_dict(embed_result)
-    commit = manifest.get("commit") or {}
-    meta = manifest.get("parquet_metadata") or {}
     facts = model_facts(settings, model)
     _, schema = _dataset_facts(lake, dataset_id)
     dataset_checks = _validation(lake, dataset_id, None)
@@ -371,25 +370,11 @@ def log_embedding_run(
     )
     run_id = run.info.run_id
     with _failed_on_error(client, run_id):
-        metrics, params = split_values("embed", {k: v for k, v in result.items() if k not in ("dataset_id", "model")})
-        c_metrics, c_params = split_values("commit", commit)
-        metrics.update(c_metrics)
-        params.update(c_params)
-        params.update(tracking.flat_params("parquet", meta))
-        params.update(tracking.flat_params("model", {k: v for k, v in facts.items() if k != "files"}))
-        params.update({f"model.files.{rel}.sha256": e.get("sha256") for rel, e in facts.get("files", {}).items()})
-        params.update(tracking.flat_params("versions", record.package_versions()))
-        params.update(
-            {
-                "dataset_id": dataset_id,
-                "model_name": model,
-                "embeddings": manifest["prefix"],
-                "raw": lake.url(PATHS.raw(dataset_id)),
-                "zarr": lake.url(PATHS.zarr(dataset_id)),
-            }
-        )
-        metrics.update({"cells": manifest["rows"], "parts": len(manifest["parts"]), "width": manifest["width"] or 0})
-        metrics.update(standard_metrics(result, commit))
+        params = embedding_params(settings, dataset_id, model, result, manifest, facts)
+        params["embeddings"] = manifest["prefix"]
+        params["raw"] = lake.url(PATHS.raw(dataset_id))
+        params["zarr"] = lake.url(PATHS.zarr(dataset_id))
+        metrics = embedding_metrics(result, manifest)
         tracking.log_run_data(client, run_id, params=params, metrics=metrics)
         tracking.log_dataset_input(
             client,
@@ -417,29 +402,77 @@ def log_embedding_run(
     return run_id
 
 
-def standard_metrics(result: Mapping[str, Any], commit: Mapping[str, Any]) -> dict[str, float]:
-    """The metrics every embedding run carries under the same names, whatever step reported them."""
-    merged = {**commit, **result}
-    out: dict[str, float] = {}
-    aliases = {
-        "cells_per_second": ("cells_per_second", "cells_per_s", "rate"),
-        "tokens_per_second": ("tokens_per_second", "tokens_per_s"),
-        "peak_rss_bytes": ("peak_rss_bytes", "rss_peak_bytes"),
-        "gpu_peak_memory_bytes": ("gpu_peak_memory_bytes", "gpu_peak_bytes", "peak_gpu_memory_bytes"),
-        "tokens": ("tokens", "n_tokens"),
-        "duration_seconds": ("seconds", "duration_seconds", "elapsed_seconds"),
+RESULT_PARAMS = ("device", "precision", "token_budget", "emb_layer", "vocab_hash", "workers", "reused")
+RESULT_METRICS = {
+    "cells_per_second": "cells_per_s",
+    "tokens_per_second": "tokens_per_s",
+    "tokens": "tokens",
+    "padded_tokens": "padded_tokens",
+    "duration_seconds": "seconds",
+    "peak_rss_bytes": "peak_rss_bytes",
+    "gpu_peak_memory_bytes": "gpu_peak_memory_bytes",
+    "parts_resumed": "parts_resumed",
+}
+
+
+def embedding_params(
+    settings: Settings,
+    dataset_id: str,
+    model: str,
+    result: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    facts: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Parameters of an embedding run: model and files, profile, how it ran, the output's format, versions.
+
+    How it ran (device, precision, token budget, tokenizer) comes from the embed step's
+    result, else from the commit marker the step wrote with the Parquet.
+    """
+    from pipelines.profiles import get_profile
+
+    commit = manifest.get("commit") or {}
+    merged = {**commit, **{k: v for k, v in result.items() if v is not None}}
+    params: dict[str, Any] = {"dataset_id": dataset_id, "model_name": model}
+    params.update({k: merged[k] for k in RESULT_PARAMS if k in merged})
+    for key in ("tokenizer_version", "emb_mode", "model_version", "encoding-type", "encoding-version"):
+        if key in commit:
+            params[key] = commit[key]
+    try:
+        profile = get_profile(model)
+    except SclakeError as e:
+        params["profile"] = f"none ({e})"
+    else:
+        params["profile"] = profile.name
+        params.update(tracking.flat_params("profile", profile.model_dump(mode="json")))
+    params.update(tracking.flat_params("model", {k: v for k, v in facts.items() if k != "files"}))
+    params.update({f"model.files.{rel}.sha256": e.get("sha256") for rel, e in (facts.get("files") or {}).items()})
+    params.update(tracking.flat_params("parquet", manifest.get("parquet_metadata") or {}))
+    params.update(tracking.flat_params("versions", record.package_versions()))
+    return params
+
+
+def embedding_metrics(result: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, float]:
+    """Metrics of an embedding run: output size always; speed, stage durations and memory when the step computed.
+
+    A result with ``reused`` (the output was published before and nothing ran) adds no
+    speed figures. GPU memory is 0 for a run on the CPU.
+    """
+    metrics: dict[str, float] = {
+        "cells": manifest["rows"],
+        "parts": len(manifest["parts"]),
+        "width": manifest.get("width") or 0,
     }
-    for name, keys in aliases.items():
-        for key in keys:
-            value = merged.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                out[name] = float(value)
-                break
-    for key in ("stage_seconds", "stages", "durations"):
-        stages = merged.get(key)
-        if isinstance(stages, Mapping):
-            out.update({f"stage_seconds.{k}": float(v) for k, v in stages.items() if isinstance(v, int | float)})
-    return out
+    if not result or result.get("reused"):
+        return metrics
+    for name, key in RESULT_METRICS.items():
+        if _is_number(result.get(key)):
+            metrics[name] = float(result[key])
+    if "gpu_peak_memory_bytes" not in metrics and str(result.get("device", "")).startswith("cpu"):
+        metrics["gpu_peak_memory_bytes"] = 0.0
+    for stage, seconds in (result.get("stage_seconds") or {}).items():
+        if _is_number(seconds):
+            metrics[f"stage_seconds.{stage}"] = float(seconds)
+    return metrics
 
 
 def _write_embedding_record(
