@@ -22,8 +22,8 @@ CPython 3.11 installs and writes one file per image:
 
 Run from the repository root::
 
-    python docker/export_requirements.py          # write the files
-    python docker/export_requirements.py --check  # exit 1 if a committed file is stale
+    uv run --frozen python docker/export_requirements.py          # write the files
+    uv run --frozen python docker/export_requirements.py --check  # exit 1 if a committed file is stale
 """
 
 from __future__ import annotations
@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(content)
             print(f"wrote {path.relative_to(ROOT)}")
     if stale:
-        print(f"{stale} file(s) disagree with uv.lock: run `python docker/export_requirements.py`", file=sys.stderr)
+        fix = "uv run --frozen python docker/export_requirements.py"
+        print(f"{stale} file(s) disagree with uv.lock: run `{fix}`", file=sys.stderr)
         return 1
     return 0
 
