@@ -84,3 +84,41 @@ def dask_client(settings: Settings) -> Iterator[Client]:
                 yield client
         finally:
             cluster.close()
+
+
+class BackgroundClient:
+    """Starts :func:`dask_client` in a thread, so that the cluster boots while the caller works.
+
+    ``get()`` waits for the client (re-raising a start failure); ``close()`` shuts it down.
+    Use it as a context manager::
+
+        with BackgroundClient(settings) as starting:
+            copy_files()                 # meanwhile, worker processes start
+            client = starting.get()
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._stack = contextlib.ExitStack()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sclake-dask-start")
+        self._future = self._pool.submit(self._stack.enter_context, dask_client(settings))
+
+    def get(self) -> Client:
+        return self._future.result()
+
+    def close(self) -> None:
+        try:
+            self._future.result()
+        except Exception:  # noqa: BLE001 - a failed start has nothing to close; get() reported it
+            pass
+        finally:
+            # Exit in the thread that entered: the client's context variables belong to it.
+            self._pool.submit(self._stack.close).result()
+            self._pool.shutdown()
+
+    def __enter__(self) -> BackgroundClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

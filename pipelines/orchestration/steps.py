@@ -7,6 +7,7 @@ arguments and returns a JSON-able manifest, never arrays or data frames.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pipelines.lake import PATHS, Lake
@@ -31,7 +32,8 @@ def ingest_upload(settings: Settings, key: str) -> dict[str, Any]:
     from pipelines.quarantine import quarantine_upload
 
     lake = Lake(settings)
-    uri = key if "://" in key else lake.url(key)
+    # A URI or a local file as given; otherwise a key relative to the lake (e.g. ``incoming/x.h5ad``).
+    uri = key if "://" in key or Path(key).exists() else lake.url(key)
     with step_metrics(settings, "ingest") as m:
         try:
             result = ingest(settings, uri)
@@ -51,8 +53,16 @@ def ingest_upload(settings: Settings, key: str) -> dict[str, Any]:
 
 
 def validate_upload(settings: Settings, manifest: dict[str, Any], model: str | None = None) -> dict[str, Any]:
-    """Validate a freshly ingested dataset; quarantine it when it fails. Passes other outcomes through."""
-    if manifest.get("outcome") != INGESTED:
+    """Validate an ingested dataset (unless it was already); quarantine it when it fails.
+
+    An upload recognised as ``already`` ingested is validated only when an earlier run
+    stopped between ingestion and validation. Quarantined uploads pass through.
+    """
+    if manifest.get("outcome") not in (INGESTED, ALREADY):
+        return manifest
+    from pipelines.validate import is_validated
+
+    if manifest["outcome"] == ALREADY and is_validated(Lake(settings), manifest["dataset_id"]):
         return manifest
     from pipelines.metrics import step_metrics
     from pipelines.quarantine import quarantine_dataset
