@@ -139,3 +139,51 @@ def test_dags_end_to_end_on_s3(tmp_path: Path, settings_s3, tiny_model) -> None:
     assert embed2["state"] == "success", embed2
     assert lake.commit_info(prefix)["rows"] == rows
     assert len(lake.ls(prefix, suffix=".parquet")) == len(lake.ls(prefix, suffix=".parquet"))
+
+
+DUMP_K8S = """
+import json
+from airflow.dag_processing.dagbag import DagBag
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+bag = DagBag({dags!r})
+out = []
+for dag in bag.dags.values():
+    for t in dag.tasks:
+        if isinstance(t, KubernetesPodOperator):
+            r = t.container_resources
+            out.append({{"task": t.task_id, "image": t.image, "cmds": t.cmds, "arguments": t.arguments,
+                        "requests": dict(r.requests or {{}}), "limits": dict(r.limits or {{}}), "pool": t.pool,
+                        "mounts": [m.mount_path for m in t.volume_mounts],
+                        "env": sorted(e.name for e in t.env_vars)}})
+print(json.dumps({{"errors": dict(bag.import_errors), "tasks": out}}))
+"""
+
+
+def test_kubernetes_mode_builds_pods_from_the_profiles(tmp_path: Path) -> None:
+    from pipelines.profiles import get_profile
+
+    models = "gf-6L-10M-i2048,gf-12L-38M-i4096"
+    env = airflow_env(tmp_path, SCLAKE_EXECUTION_MODE="kubernetes", SCLAKE_MODELS=models,
+                      SCLAKE_WORKER_IMAGE="registry.example/sclake-worker:1")
+    r = run_py(DUMP_K8S.format(dags=str(ROOT / "dags")), env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["errors"] == {}
+    tasks = {t["task"]: t for t in out["tasks"]}
+    assert set(tasks) == {
+        "process_upload.ingest", "process_upload.validate",
+        "embed_gf_6L_10M_i2048.dataset.embed", "embed_gf_12L_38M_i4096.dataset.embed",
+    }
+    for t in tasks.values():
+        assert t["image"] == "registry.example/sclake-worker:1"
+        assert t["cmds"] == ["sclake"] and t["arguments"][0] == "step"
+        assert "SCLAKE_S3_SECRET_KEY" in t["env"] and "SCLAKE_LAKE_URI" in t["env"]
+    gpu = tasks["embed_gf_12L_38M_i4096.dataset.embed"]
+    profile = get_profile("gf-12L-38M-i4096")
+    assert gpu["limits"]["nvidia.com/gpu"] == str(profile.container.gpus)
+    assert gpu["requests"]["memory"] == str(int(profile.container.memory))
+    assert gpu["pool"] == profile.airflow_pool
+    cpu = tasks["embed_gf_6L_10M_i2048.dataset.embed"]
+    assert "nvidia.com/gpu" not in cpu["limits"]
+    assert cpu["pool"] == get_profile("gf-6L-10M-i2048").airflow_pool
+    assert tasks["process_upload.ingest"]["pool"] == "sclake_ingest"
