@@ -93,24 +93,25 @@ class Batch:
     """Counter increments and gauge values for one step's group, merged into the Pushgateway's totals."""
 
     step: str
-    add: dict[SeriesKey, float] = field(default_factory=dict)
-    set: dict[SeriesKey, float] = field(default_factory=dict)
+    counters: dict[SeriesKey, float] = field(default_factory=dict)  # increments
+    gauges: dict[SeriesKey, float] = field(default_factory=dict)  # values
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
-        self._check(name, "counter", labels)
+        self._check(name, "counter")
         key = _key(name, {"step": self.step, **labels})
-        self.add[key] = self.add.get(key, 0.0) + float(value)
+        self.counters[key] = self.counters.get(key, 0.0) + float(value)
 
     def gauge(self, name: str, value: float, **labels: str) -> None:
-        self._check(name, "gauge", labels)
-        self.set[_key(name, {"step": self.step, **labels})] = float(value)
+        self._check(name, "gauge")
+        self.gauges[_key(name, {"step": self.step, **labels})] = float(value)
 
-    def _check(self, name: str, kind: str, labels: dict[str, str]) -> None:
+    @staticmethod
+    def _check(name: str, kind: str) -> None:
         if name not in METRICS or METRICS[name][0] != kind:
             raise ValueError(f"unknown {kind} {name!r}; known: {sorted(METRICS)}")
 
     def __bool__(self) -> bool:
-        return bool(self.add or self.set)
+        return bool(self.counters or self.gauges)
 
 
 class StepMetrics:
@@ -175,8 +176,12 @@ def step_metrics(
     An exception raised in the block is counted as a failure and re-raised unchanged.
     """
     m = StepMetrics(step, model, device)
-    monitor = ResourceMonitor()
-    monitor.start()
+    monitor: ResourceMonitor | None = ResourceMonitor()
+    try:
+        monitor.start()
+    except Exception as e:  # noqa: BLE001 - metrics never fail a step
+        log.warning("resource usage of step %r not measured: %s: %s", m.step, type(e).__name__, e)
+        monitor = None
     started = time.perf_counter()
     error: BaseException | None = None
     try:
@@ -185,13 +190,20 @@ def step_metrics(
         error = e
         raise
     finally:
-        usage = monitor.stop()
-        duration = time.perf_counter() - started
-        m.summary = {"duration_s": duration, "cells": m.n_cells, **usage.as_dict()}
-        if error is not None:
-            m.summary["error"] = type(error).__name__
-        batch = _run_batch(m, duration, usage, error)
-        push(settings, batch)
+        try:
+            _finish(settings, m, monitor, time.perf_counter() - started, error)
+        except Exception as e:  # noqa: BLE001 - never replace the step's own outcome
+            log.warning("metrics of step %r not recorded: %s: %s", m.step, type(e).__name__, e)
+
+
+def _finish(
+    settings: Settings, m: StepMetrics, monitor: ResourceMonitor | None, duration: float, error: BaseException | None
+) -> None:
+    usage = monitor.stop() if monitor is not None else Usage(0.0, 0, None)
+    m.summary = {"duration_s": duration, "cells": m.n_cells, **usage.as_dict()}
+    if error is not None:
+        m.summary["error"] = type(error).__name__
+    push(settings, _run_batch(m, duration, usage, error))
 
 
 def _run_batch(m: StepMetrics, duration: float, usage: Usage, error: BaseException | None) -> Batch:
@@ -255,10 +267,10 @@ def push(settings: Settings, batch: Batch) -> bool:
     try:
         with _push_lock(settings.home):
             current = read_group(url, batch.step)
-            for key, value in batch.add.items():
+            for key, value in batch.counters.items():
                 current[key] = current.get(key, 0.0) + value
-            current.update(batch.set)
-            touched = {name for name, _ in batch.add} | {name for name, _ in batch.set}
+            current.update(batch.gauges)
+            touched = {name for name, _ in batch.counters} | {name for name, _ in batch.gauges}
             registry = CollectorRegistry()
             registry.register(_Snapshot({k: v for k, v in current.items() if k[0] in touched}))
             pushadd_to_gateway(
