@@ -271,3 +271,17 @@ def test_cli_validate(settings: Settings, client, tmp_path: Path, monkeypatch, c
 
     code, out, err = run_cli(["validate", bad], capsys)  # a quarantined dataset says so
     assert code == 1 and "is in quarantine" in err
+
+
+@pytest.mark.slow
+def test_embedding_engine_embeds_exactly_the_validated_cells(settings: Settings, client, tmp_path: Path) -> None:
+    from pipelines.embed import embed_dataset
+
+    path = tmp_path / "few_empty.h5ad"
+    case("few_empty_cells").build(path)
+    dataset_id = ingested(settings, path, client)
+    assert validate_dataset(settings, dataset_id, model=MODEL, client=client).outcome == "pass_with_warnings"
+    embedded = embed_dataset(settings, dataset_id, MODEL, device="cpu", progress=False)
+    assert embedded.rows == 117
+    result = validate_embeddings(settings, dataset_id, MODEL)
+    assert result.outcome == "pass" and result.counts["rows"] == result.counts["validated_cells"] == 117
