@@ -42,14 +42,16 @@ def dask_client(settings: Settings) -> Iterator[Client]:
         logging.getLogger(name).setLevel(logging.ERROR)
     if settings.dask_address:
         try:
-            client = Client(settings.dask_address, timeout="20s")
+            client = Client(settings.dask_address, timeout="20s", set_as_default=False)
         except OSError as e:
             raise ConfigError(
                 f"no Dask scheduler answers at SCLAKE_DASK_ADDRESS={settings.dask_address!r} ({e}); "
                 "start one or unset SCLAKE_DASK_ADDRESS for a local cluster"
             ) from e
-        with client:
+        try:
             yield client
+        finally:
+            client.close()
         return
     # Spilling to disk would only hide a task that holds too much; the nanny restarts it instead.
     with dask.config.set(
@@ -74,15 +76,16 @@ def dask_client(settings: Settings) -> Iterator[Client]:
             scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
             silence_logs=logging.ERROR,
         )
+        # Not entered as a context manager and not the default client: the client may be
+        # started in one thread and closed in another (BackgroundClient).
+        client = Client(cluster, set_as_default=False)
         try:
-            with Client(cluster) as client:
-                log.debug(
-                    "local Dask cluster: %d workers x 1 thread, %s each",
-                    settings.dask_workers,
-                    settings.dask_worker_memory,
-                )
-                yield client
+            log.debug(
+                "local Dask cluster: %d workers x 1 thread, %s each", settings.dask_workers, settings.dask_worker_memory
+            )
+            yield client
         finally:
+            client.close()
             cluster.close()
 
 

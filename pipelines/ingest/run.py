@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,7 @@ class IngestResult:
     gene_id_source: str | None
     already: bool
     seconds: float
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (hash, raw_copy, convert)
 
     @property
     def cells_per_second(self) -> float:
@@ -99,8 +101,10 @@ def ingest(settings: Settings, uri: str, *, client: Any = None) -> IngestResult:
 
 def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> IngestResult:
     t0 = time.perf_counter()
+    timings: dict[str, float] = {}
     sha = raw.sha256(lake, up)
     dataset_id = sha[:16]
+    timings["hash"] = time.perf_counter() - t0
     zrel, raw_rel = PATHS.zarr(dataset_id), PATHS.raw(dataset_id)
     if lake.is_published(zrel):
         return _already(lake, up, dataset_id, sha, t0)
@@ -116,15 +120,34 @@ def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> Inge
         spec.layout,
         spec.gene_id_source,
     )
-    raw.store_raw(lake, up, dataset_id, sha)
-    spec = replace(spec, url=lake.url(raw_rel), storage_options=lake.storage_options)
-    try:
-        n_parts = convert(settings, lake, spec, dataset_id, sha, client=client)
-    except InputError:
-        if up.rel != raw_rel:
-            lake.rm(raw_rel)  # a rejected file is no accepted original
-        lake.rm(PATHS.staging(zrel), recursive=True)
-        raise
+    # Workers read the upload itself when they can reach it (a lake object, or a local file
+    # and a local cluster), so that the conversion runs while the raw copy is made and
+    # verified; the store is committed only once the copy is verified.
+    local_cluster = client is None and not settings.dask_address
+    read_upload = up.local is None or local_cluster
+    with contextlib.ExitStack() as stack:
+        if client is None:  # the local cluster boots meanwhile
+            from pipelines.dask_cluster import BackgroundClient
+
+            client = stack.enter_context(BackgroundClient(settings)).get
+        copying = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="sclake-raw-copy"))
+        raw_copy = copying.submit(_timed, timings, "raw_copy", raw.store_raw, lake, up, dataset_id, sha)
+        if read_upload:
+            spec = replace(spec, url=url, storage_options=opts)
+        else:
+            raw_copy.result()
+            spec = replace(spec, url=lake.url(raw_rel), storage_options=lake.storage_options)
+        t = time.perf_counter()
+        try:
+            n_parts = convert(settings, lake, spec, dataset_id, sha, client=client, before_commit=raw_copy.result)
+        except InputError:
+            with contextlib.suppress(Exception):
+                raw_copy.result()
+            if up.rel != raw_rel:
+                lake.rm(raw_rel)  # a rejected file is no accepted original
+            lake.rm(PATHS.staging(zrel), recursive=True)
+            raise
+        timings["convert"] = time.perf_counter() - t
     raw.remove_upload(lake, up)
     result = IngestResult(
         dataset_id,
@@ -137,15 +160,24 @@ def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> Inge
         spec.gene_id_source,
         False,
         time.perf_counter() - t0,
+        {k: round(v, 3) for k, v in timings.items()},
     )
     log.info(
-        "ingested %s: %s cells in %.1fs (%.0f cells/s)",
+        "ingested %s: %s cells in %.1fs (%.0f cells/s; %s)",
         dataset_id,
         f"{spec.n_obs:,}",
         result.seconds,
         result.cells_per_second,
+        ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
     )
     return result
+
+
+def _timed(timings: dict[str, float], name: str, func: Any, *args: Any) -> Any:
+    t = time.perf_counter()
+    out = func(*args)
+    timings[name] = time.perf_counter() - t
+    return out
 
 
 def _already(lake: Lake, up: raw.Upload, dataset_id: str, sha: str, t0: float) -> IngestResult:
@@ -171,8 +203,23 @@ def _already(lake: Lake, up: raw.Upload, dataset_id: str, sha: str, t0: float) -
     )
 
 
-def convert(settings: Settings, lake: Lake, spec: SourceSpec, dataset_id: str, sha: str, *, client: Any = None) -> int:
-    """Convert the source into ``zarr/<dataset_id>.zarr`` (staged, resumed, published); returns the part count."""
+def convert(
+    settings: Settings,
+    lake: Lake,
+    spec: SourceSpec,
+    dataset_id: str,
+    sha: str,
+    *,
+    client: Any = None,
+    before_commit: Any = None,
+) -> int:
+    """Convert the source into ``zarr/<dataset_id>.zarr`` (staged, resumed, published); returns the part count.
+
+    ``client`` is a Dask client, a callable returning one (called only if parts remain), or
+    ``None`` for one from :func:`pipelines.dask_cluster.dask_client`. ``before_commit``, if
+    given, is called once every part is written, before the store is published (it may
+    raise to prevent the publication).
+    """
     import anndata as ad
     from anndata.io import write_elem
 
@@ -218,9 +265,13 @@ def convert(settings: Settings, lake: Lake, spec: SourceSpec, dataset_id: str, s
                     from pipelines.dask_cluster import dask_client
 
                     client = stack.enter_context(dask_client(settings))
+                elif callable(client) and not hasattr(client, "submit"):
+                    client = client()  # a client still starting (BackgroundClient.get)
                 done.update(_run_parts(client, settings, lake, spec, dataset_id, stage, stage_url, parts, todo))
         records = [done[i] for i, _, _ in parts]
         root.attrs.put(_root_attrs(spec, dataset_id, sha, settings, records))
+        if before_commit is not None:
+            before_commit()
     return len(parts)
 
 
@@ -278,7 +329,7 @@ def _run_parts(
         for i, a, b in todo
     ]
     records: dict[int, dict[str, Any]] = {}
-    for fut in as_completed(futures):
+    for fut in as_completed(futures, loop=client.loop):
         rec = _unwrap(fut.result())
         records[rec["index"]] = rec
         progress.advance(rec["stop"] - rec["start"])
@@ -299,7 +350,7 @@ def _run_parts(
 
 def _transpose(client: Any, lake: Lake, spec: SourceSpec, scratch_url: str, parts: list, token: str) -> None:
     """First pass for CSC sources: column blocks bucketed by part into scratch files."""
-    from distributed import wait
+    from distributed import as_completed
 
     with open_h5(spec.url, spec.storage_options) as f:
         indptr = f[spec.counts_key]["indptr"][...].astype(np.int64)
@@ -329,8 +380,7 @@ def _transpose(client: Any, lake: Lake, spec: SourceSpec, scratch_url: str, part
         )
         for k, (a, b) in enumerate(blocks)
     ]
-    wait(futures)
-    for fut in futures:
+    for fut in as_completed(futures, loop=client.loop):
         _unwrap(fut.result())
 
 

@@ -1,8 +1,8 @@
 """Write one part of a dataset: an anndata group with sharded CSR counts, plus its cell stats.
 
-Rows arrive in blocks; ``data`` and ``indices`` are buffered and written one whole shard
-at a time (a region that covers complete shards is encoded and stored without reading
-anything back), so a writer holds at most one shard plus one block.
+Rows arrive in blocks; ``data`` and ``indices`` are copied into a one-shard buffer that
+is written whenever it is full (a region that covers a complete shard is encoded and
+stored without reading anything back), so a writer holds one shard plus one block.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import zarr
 
 from pipelines.dataset import PARTS_GROUP, STATS_GROUP, part_key
 
-CHUNK_ELEMS = 1 << 16  # inner chunk of data/indices: 65,536 values (256 KiB of float32)
+CHUNK_ELEMS = 1 << 18  # inner chunk of data/indices: 262,144 values (1 MiB of float32)
 MAX_SHARD_ELEMS = 1 << 24  # a shard holds at most 16 Mi values (64 MiB of float32)
 PART_MARKER = "sclake-part"  # part attribute written last: the part is complete
 
@@ -94,8 +94,8 @@ class PartWriter:
         self.indices: zarr.Array | None = None
         self.shard = 0
         self.written = 0  # values stored in the arrays
-        self.buf_data: list[np.ndarray] = []
-        self.buf_indices: list[np.ndarray] = []
+        self.buf_data = np.empty(0, dtype=self.dtype)  # one shard, filled then written
+        self.buf_indices = np.empty(0, dtype=self.index_dtype)
         self.buffered = 0
         self.rows = 0
         self.indptr = np.zeros(self.n_rows + 1, dtype=np.int64)
@@ -105,12 +105,20 @@ class PartWriter:
         self.non_integer = 0
         self.max_value = 0.0
 
-    def _create_arrays(self) -> None:
-        per_row = self.nnz_per_row if self.nnz_per_row is not None else self.buffered / max(self.rows, 1)
+    def _create_arrays(self, per_row: float) -> None:
         self.shard = shard_size(per_row, self.shard_cells)
-        common = {"shape": (0,), "chunks": (CHUNK_ELEMS,), "shards": (self.shard,), "compressors": codecs()}
+        common = {
+            "shape": (0,),
+            "chunks": (CHUNK_ELEMS,),
+            "shards": (self.shard,),
+            "compressors": codecs(),
+            # Skips zarr's scan of every chunk for "all fill value": count chunks are never empty.
+            "config": {"write_empty_chunks": True},
+        }
         self.data = self.x.create_array("data", dtype=self.dtype, **common)
         self.indices = self.x.create_array("indices", dtype=self.index_dtype, **common)
+        self.buf_data = np.empty(self.shard, dtype=self.dtype)
+        self.buf_indices = np.empty(self.shard, dtype=self.index_dtype)
 
     def append(self, block: sp.csr_matrix) -> None:
         """Append the next ``block.shape[0]`` rows."""
@@ -120,39 +128,55 @@ class PartWriter:
                 f"block {block.shape!r} does not fit part {self.index} at row {self.rows} of {self.n_rows}"
             )
         data = np.asarray(block.data, dtype=self.dtype)
-        indptr = block.indptr.astype(np.int64)
-        row_ids = np.repeat(np.arange(n), np.diff(indptr))
-        rows = slice(self.rows, self.rows + n)
-        self.total_counts[rows] = np.bincount(row_ids, weights=data, minlength=n)
-        self.n_genes[rows] = np.bincount(row_ids, weights=data != 0, minlength=n).astype(np.int32)
-        if data.size:
-            self.negative += int((data < 0).sum())
-            if data.dtype.kind == "f":
-                self.non_integer += int((data != np.round(data)).sum())
-            self.max_value = max(self.max_value, float(data.max()))
-        base = self.indptr[self.rows]
-        self.indptr[self.rows + 1 : self.rows + n + 1] = base + indptr[1:] - indptr[0]
+        indices = np.asarray(block.indices, dtype=self.index_dtype)
+        indptr = block.indptr.astype(np.int64) - int(block.indptr[0])
+        self._count(data, indptr)
+        self.indptr[self.rows + 1 : self.rows + n + 1] = self.indptr[self.rows] + indptr[1:]
         self.rows += n
-        self.buf_data.append(data)
-        self.buf_indices.append(np.asarray(block.indices, dtype=self.index_dtype))
-        self.buffered += data.size
-        if self.data is None and self.buffered:
-            self._create_arrays()
-        if self.data is not None and self.buffered >= self.shard:
-            self._flush(final=False)
+        if self.data is None:
+            self._create_arrays(self.nnz_per_row if self.nnz_per_row is not None else data.size / max(n, 1))
+        pos = 0
+        while pos < data.size:  # fill the shard buffer; write it whenever it is full
+            take = min(self.shard - self.buffered, data.size - pos)
+            self.buf_data[self.buffered : self.buffered + take] = data[pos : pos + take]
+            self.buf_indices[self.buffered : self.buffered + take] = indices[pos : pos + take]
+            self.buffered += take
+            pos += take
+            if self.buffered == self.shard:
+                self._write_buffer()
 
-    def _flush(self, *, final: bool) -> None:
-        data = np.concatenate(self.buf_data) if len(self.buf_data) != 1 else self.buf_data[0]
-        indices = np.concatenate(self.buf_indices) if len(self.buf_indices) != 1 else self.buf_indices[0]
-        take = data.size if final else (data.size // self.shard) * self.shard
-        if take:
-            end = self.written + take
-            for arr, values in ((self.data, data), (self.indices, indices)):
+    def _count(self, data: np.ndarray, indptr: np.ndarray) -> None:
+        """Per-cell stats of a block (total counts, genes detected) and value checks."""
+        n = len(indptr) - 1
+        rows = slice(self.rows, self.rows + n)
+        genes = np.diff(indptr)
+        filled = genes > 0
+        starts = indptr[:-1][filled]  # strictly increasing: reduceat sums each non-empty row
+        totals = np.zeros(n, dtype=np.float64)
+        if starts.size:
+            totals[filled] = np.add.reduceat(data, starts, dtype=np.float64)
+            zero = data == 0
+            if zero.any():  # explicitly stored zeros are not detected genes
+                genes = genes.copy()
+                genes[filled] -= np.add.reduceat(zero, starts, dtype=np.int64)
+        self.total_counts[rows] = totals
+        self.n_genes[rows] = genes
+        if data.size:
+            lo, hi = data.min(), data.max()
+            if lo < 0:
+                self.negative += int(np.count_nonzero(data < 0))
+            if data.dtype.kind == "f":
+                self.non_integer += int(np.count_nonzero(data != np.rint(data)))
+            self.max_value = max(self.max_value, float(hi))
+
+    def _write_buffer(self) -> None:
+        end = self.written + self.buffered
+        if self.buffered:
+            for arr, values in ((self.data, self.buf_data), (self.indices, self.buf_indices)):
                 arr.resize((end,))
-                arr[self.written : end] = values[:take]
-            self.written = end
-        self.buf_data, self.buf_indices = [data[take:]], [indices[take:]]
-        self.buffered = data.size - take
+                arr[self.written : end] = values[: self.buffered]
+        self.written = end
+        self.buffered = 0
 
     def finish(self, obs: pd.DataFrame, var: pd.DataFrame) -> dict[str, Any]:
         """Write the remaining values, indptr, obs, var and stats; mark the part complete."""
@@ -164,8 +188,8 @@ class PartWriter:
         if len(obs) != self.n_rows:
             raise ValueError(f"part {self.index} obs has {len(obs)} rows, expected {self.n_rows}")
         if self.data is None:
-            self._create_arrays()
-        self._flush(final=True)
+            self._create_arrays(self.nnz_per_row or 0.0)
+        self._write_buffer()
         small = {"compressors": codecs()}
         indptr = self.indptr.astype(self.index_dtype)
         self.x.create_array("indptr", data=indptr, chunks=(len(indptr),), **small)
