@@ -4,7 +4,8 @@ export UV_LINK_MODE ?= copy
 
 .PHONY: setup demo test test-fast lint format bench clean
 
-setup:  ## create .venv from uv.lock (Python 3.11)
+setup:  ## create .venv from uv.lock (Python 3.11); installs uv first when it is missing
+	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen
 
 demo: setup  ## the main job on the embedded stack
