@@ -53,6 +53,17 @@ def map_parts(url: str, storage_options: dict[str, Any], parts: list[int], clien
     return out
 
 
+def _cell_ids(ds: Any) -> np.ndarray:
+    """Cell ids of every part, in row order; only each part's obs index is read, not its columns."""
+    from anndata.io import read_elem
+
+    ids = []
+    for part in ds.parts:
+        obs = ds.part_group(part.index)["obs"]
+        ids.append(np.asarray(read_elem(obs[obs.attrs.get("_index", "_index")]), dtype=object))
+    return np.concatenate(ids).astype(object) if ids else np.zeros(0, dtype=object)
+
+
 def _gene_ids(ds: Any) -> np.ndarray:
     """Ensembl ids when ingest found them (version suffix removed), else the var index as it is."""
     if ds.gene_ids is not None:
@@ -113,7 +124,7 @@ def validate_dataset(
     genes, mapping = model_vocabulary(settings, model)
     summaries = map_parts(ds.url, ds.storage_options, [p.index for p in ds.parts], client)
     agg = combine(summaries, ds.n_vars)
-    cell_ids = np.asarray([str(v) for v in ds.obs.index], dtype=object) if ds.n_obs else np.zeros(0, object)
+    cell_ids = _cell_ids(ds)
     inputs = Inputs(
         dataset_id=dataset_id,
         model=model,
