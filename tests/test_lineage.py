@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -266,6 +267,9 @@ def test_default_stack_mlflow_server_and_s3_lake(pipeline: dict, tmp_path: Path,
     monkeypatch.setenv("SCLAKE_STACK_MLFLOW_PORT", str(free_port()))
     monkeypatch.setenv("SCLAKE_STACK_S3_PORT", str(free_port()))
     monkeypatch.setenv("SCLAKE_STACK_ONLY", "s3,mlflow")
+    # On a loaded test machine the server's first start (imports, database migrations) can take minutes.
+    made = services.mlflow_service
+    monkeypatch.setattr(services, "mlflow_service", lambda s: dataclasses.replace(made(s), startup_timeout=600.0))
     stack = load_settings()
     services.up(stack)
     try:

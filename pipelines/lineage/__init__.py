@@ -9,12 +9,8 @@ Importing this package is cheap; MLflow is imported by the functions that log.
 """
 
 from pipelines.lineage.chain import dataset_lineage, render_lineage
-from pipelines.lineage.runs import (
-    find_ingest_run,
-    log_embedding_run,
-    log_ingest_run,
-    record_dataset_lineage,
-)
+from pipelines.lineage.embedding_run import log_embedding_run, record_dataset_lineage
+from pipelines.lineage.ingest_run import find_ingest_run, log_ingest_run
 from pipelines.lineage.tracking import EXPERIMENT, tracking_uri
 
 __all__ = [

@@ -101,6 +101,22 @@ def find_runs(client: MlflowClient, exp_id: str, tags: Mapping[str, str]) -> lis
     return list(client.search_runs([exp_id], filter_string=filt, order_by=["attributes.start_time ASC"]))
 
 
+def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    """Tags as MLflow stores them: strings (booleans lower-case), ``None`` values left out."""
+    out = {}
+    for key, value in tags.items():
+        if value is None:
+            continue
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        out[key] = text[:MAX_PARAM_CHARS]
+    return out
+
+
+def start_run(client: MlflowClient, exp_id: str, name: str, tags: Mapping[str, Any]) -> str:
+    """Create a run and return its id (a REST tracking server takes string tags only)."""
+    return client.create_run(exp_id, run_name=name, tags=clean_tags(tags)).info.run_id
+
+
 def flat_params(prefix: str, obj: Any) -> dict[str, str]:
     """Flatten nested dicts into ``prefix.key`` parameters (strings, cut to MLflow's length limit)."""
     out: dict[str, str] = {}
@@ -132,7 +148,7 @@ def log_run_data(
         for k, v in (metrics or {}).items()
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
     ]
-    t = [RunTag(k, str(v)[:MAX_PARAM_CHARS]) for k, v in (tags or {}).items() if v is not None]
+    t = [RunTag(k, v) for k, v in clean_tags(tags or {}).items()]
     for i in range(0, max(len(p), len(m), len(t)), 100):
         client.log_batch(run_id, metrics=m[i : i + 100], params=p[i : i + 100], tags=t[i : i + 100])
 
