@@ -122,6 +122,7 @@ class Embedder:
         )
         self.cls_present, self.eos_present, self.pad_id = cls_present, eos_present, pad_id
         self.width = self.encoder.width
+        self.pinned_batches = 0  # batches copied to the device from page-locked memory
 
     def _pooled_counts(self, lengths: np.ndarray) -> np.ndarray:
         start = 1 if self.cls_present else 0
@@ -163,6 +164,7 @@ class Embedder:
                 host_len = torch.from_numpy(lengths[rows])
                 if cuda:
                     host_ids, host_len = host_ids.pin_memory(), host_len.pin_memory()
+                    self.pinned_batches += int(host_ids.is_pinned())
                 dev_ids = host_ids.to(self.device, non_blocking=cuda)
                 dev_len = host_len.to(self.device, non_blocking=cuda)
                 hidden = self.encoder(dev_ids, dev_len)

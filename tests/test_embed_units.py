@@ -1,0 +1,95 @@
+"""Encoder layers and pooling against transformers' BertForMaskedLM; length-bucketed batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.embed.batching import pad_batch, padding_share, plan_batches
+from pipelines.embed.encoder import layers_needed, load_encoder, pool_cells
+from pipelines.models import model_files
+from pipelines.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def model_dir(models_dir: Path, tiny_model: str) -> Path:
+    return model_files(Settings(home=models_dir, models_dir=models_dir), tiny_model).model_dir
+
+
+@pytest.fixture(scope="module")
+def hf_model(model_dir: Path):
+    from transformers import BertForMaskedLM
+
+    return BertForMaskedLM.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    lengths = np.array([50, 37, 12, 50, 1])
+    ids = np.zeros((len(lengths), lengths.max()), dtype=np.int64)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = rng.integers(2, 25_000, n)
+    return torch.from_numpy(ids), torch.from_numpy(lengths)
+
+
+@pytest.mark.parametrize("emb_layer", [-1, 0, 1])
+def test_hidden_states_equal_transformers_for_each_layer(model_dir, hf_model, emb_layer):
+    """``hidden_states[emb_layer]`` of BertForMaskedLM (what Helical takes) on the non-padded positions."""
+    ids, lengths = _batch()
+    mask = (torch.arange(ids.shape[1]) < lengths[:, None]).long()
+    enc = load_encoder(model_dir, emb_layer=emb_layer)
+    assert len(enc.layers) == layers_needed(emb_layer, 2) == (2 if emb_layer == -1 else emb_layer)
+    with torch.inference_mode():
+        ref = hf_model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[emb_layer]
+        ours = enc(ids, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(ours[i, :n], ref[i, :n], rtol=1e-4, atol=1e-5)
+
+
+def test_layers_outside_helicals_range_are_refused(model_dir):
+    with pytest.raises(ValueError, match="emb_layer 2"):
+        load_encoder(model_dir, emb_layer=2)
+    with pytest.raises(ValueError, match="emb_layer -2"):
+        layers_needed(-2, 6)
+
+
+def test_pooling_excludes_cls_and_eos_and_padding():
+    hidden = torch.arange(2 * 5 * 1, dtype=torch.float32).reshape(2, 5, 1)
+    lengths = torch.tensor([5, 3])
+    # v1: mean over [0, length)
+    assert pool_cells(hidden, lengths, False, False).ravel().tolist() == [2.0, 6.0]
+    # v2: <cls> at 0 and <eos> at length-1 left out
+    assert pool_cells(hidden, lengths, True, True).ravel().tolist() == [2.0, 6.0]
+    assert torch.isnan(pool_cells(hidden, torch.tensor([2, 2]), True, True)).all()
+
+
+def test_batches_cover_every_cell_once_within_the_budget():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(200, 2048, size=1000)
+    batches = plan_batches(lengths, 16384)
+    rows = np.concatenate([b.rows for b in batches])
+    assert sorted(rows.tolist()) == list(range(1000))
+    assert all(b.tokens <= 16384 for b in batches)
+    assert all(b.width == lengths[b.rows].max() for b in batches)
+    assert padding_share(batches, lengths) < 0.02  # sorted buckets: almost no padding
+    # Helical's way, 24 cells in arrival order, pads far more.
+    arrival = [lengths[i : i + 24] for i in range(0, 1000, 24)]
+    assert 1 - lengths.sum() / sum(len(b) * b.max() for b in arrival) > 0.3
+
+
+def test_a_cell_longer_than_the_budget_gets_a_batch_of_its_own_and_widths_round_up():
+    batches = plan_batches(np.array([10, 5000, 9]), 4096, pad_multiple=8)
+    assert [b.rows.tolist() for b in batches] == [[1], [0, 2]]
+    assert [b.width for b in batches] == [5000, 16]
+    with pytest.raises(ValueError, match="length 0"):
+        plan_batches(np.array([3, 0]), 100)
+
+
+def test_pad_batch_places_each_cell_left_aligned():
+    ids = np.arange(1, 11, dtype=np.int32)
+    offsets = np.array([0, 4, 5, 10])
+    out = pad_batch(ids, offsets, np.array([2, 0, 1]), 6, pad_id=0)
+    assert out.tolist() == [[6, 7, 8, 9, 10, 0], [1, 2, 3, 4, 0, 0], [5, 0, 0, 0, 0, 0]]
