@@ -100,20 +100,27 @@ def gpu_count() -> int:
 
 
 def create_pools(settings: Settings) -> None:
+    """Create (or resize) the pools with one ``airflow pools import`` (each CLI start costs seconds)."""
     env = {**os.environ, **airflow_env(settings)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    for name, (slots, desc) in pools(settings).items():
-        r = subprocess.run(
-            [venv_binary("airflow"), "pools", "set", name, str(slots), desc],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if r.returncode != 0:
-            raise ConfigError(f"could not create the Airflow pool {name!r}: {r.stderr.strip()[-500:]}")
-        log.info("airflow pool %s: %d slots", name, slots)
+    wanted = {
+        name: {"slots": slots, "description": desc, "include_deferred": False}
+        for name, (slots, desc) in pools(settings).items()
+    }
+    path = airflow_home(settings) / "sclake-pools.json"
+    path.write_text(json.dumps(wanted, indent=2))
+    r = subprocess.run(
+        [venv_binary("airflow"), "pools", "import", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if r.returncode != 0:
+        raise ConfigError(f"could not create the Airflow pools {sorted(wanted)}: {r.stderr.strip()[-500:]}")
+    for name, pool in wanted.items():
+        log.info("airflow pool %s: %d slots", name, pool["slots"])
 
 
 def airflow_services(settings: Settings) -> list[Service]:
