@@ -49,6 +49,25 @@ def test_hidden_states_equal_transformers_for_each_layer(model_dir, hf_model, em
         torch.testing.assert_close(ours[i, :n], ref[i, :n], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("special", [False, True])
+def test_packed_cells_give_the_padded_results(model_dir, special):
+    """The CPU path packs cells end to end (no padding, attention per cell): same hidden states and pooling."""
+    from pipelines.embed.encoder import pool_packed
+
+    ids, lengths = _batch(1)
+    enc = load_encoder(model_dir)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
+    packed = torch.cat([ids[i, :n] for i, n in enumerate(lengths.tolist())])
+    with torch.inference_mode():
+        padded = enc(ids, lengths)
+        flat = enc.forward_packed(packed, offsets)
+        for i, n in enumerate(lengths.tolist()):
+            torch.testing.assert_close(flat[offsets[i] : offsets[i + 1]], padded[i, :n], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            pool_packed(flat, offsets, special, special), pool_cells(padded, lengths, special, special), equal_nan=True
+        )
+
+
 def test_layers_outside_helicals_range_are_refused(model_dir):
     with pytest.raises(ValueError, match="emb_layer 2"):
         load_encoder(model_dir, emb_layer=2)

@@ -106,11 +106,26 @@ class _Layer(nn.Module):
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Padded batch ``[batch, seq, hidden]`` with a key-padding mask."""
         b, s, h = x.shape
         d = h // self.heads
         qkv = self.qkv(x).view(b, s, 3, self.heads, d).permute(2, 0, 3, 1, 4)
         ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask, scale=1.0 / math.sqrt(d))
-        ctx = ctx.transpose(1, 2).reshape(b, s, h)
+        return self._rest(ctx.transpose(1, 2).reshape(b, s, h), x)
+
+    def forward_packed(self, x: torch.Tensor, bounds: list[tuple[int, int]]) -> torch.Tensor:
+        """Packed cells ``[tokens, hidden]``: attention runs per cell, so no padding and no mask."""
+        t, h = x.shape
+        d = h // self.heads
+        qkv = self.qkv(x).view(t, 3, self.heads, d)
+        ctx = torch.empty((t, self.heads, d), dtype=x.dtype, device=x.device)
+        for a, b in bounds:
+            cell = qkv[a:b].permute(1, 2, 0, 3)  # [3, heads, length, d]
+            out = F.scaled_dot_product_attention(cell[0:1], cell[1:2], cell[2:3], scale=1.0 / math.sqrt(d))
+            ctx[a:b] = out[0].transpose(0, 1)
+        return self._rest(ctx.view(t, h), x)
+
+    def _rest(self, ctx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         x = self.attn_norm(self.attn_out(ctx) + x)
         return self.ffn_norm(self.ffn_out(self.act(self.ffn_in(x))) + x)
 
@@ -150,6 +165,22 @@ class GeneformerEncoder(nn.Module):
             x = layer(x, mask)
         return x
 
+    def forward_packed(self, input_ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[tokens, hidden]`` of cells packed end to end (cell ``i``: ``offsets[i]:offsets[i+1]``).
+
+        The same numbers as :meth:`forward` on the non-padding positions, without computing padding.
+        """
+        lengths = offsets[1:] - offsets[:-1]
+        if int(lengths.max()) > self.cfg.max_position_embeddings:
+            raise ValueError(f"a cell exceeds the model's {self.cfg.max_position_embeddings} positions")
+        starts = torch.repeat_interleave(offsets[:-1], lengths)
+        positions = torch.arange(input_ids.shape[0], device=input_ids.device) - starts
+        x = self.norm(self.word(input_ids) + self.position(positions) + self.token_type)
+        bounds = list(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True))
+        for layer in self.layers:
+            x = layer.forward_packed(x, bounds)
+        return x
+
 
 def pool_cells(hidden: torch.Tensor, lengths: torch.Tensor, cls_present: bool, eos_present: bool) -> torch.Tensor:
     """Helical's ``emb_mode="cell"`` pooling, in fp32: mean over positions ``[start, length - end)``.
@@ -162,6 +193,19 @@ def pool_cells(hidden: torch.Tensor, lengths: torch.Tensor, cls_present: bool, e
     pos = torch.arange(hidden.shape[1], device=hidden.device)
     keep = (pos >= start) & (pos < (start + count)[:, None])
     summed = torch.einsum("bs,bsh->bh", keep.float(), hidden.float())
+    return summed / count[:, None].float()
+
+
+def pool_packed(hidden: torch.Tensor, offsets: torch.Tensor, cls_present: bool, eos_present: bool) -> torch.Tensor:
+    """:func:`pool_cells` for packed hidden states ``[tokens, hidden]``."""
+    lengths = offsets[1:] - offsets[:-1]
+    start = 1 if cls_present else 0
+    count = lengths - start - (1 if cls_present and eos_present else 0)
+    cell = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
+    pos = torch.arange(hidden.shape[0], device=hidden.device) - offsets[:-1][cell]
+    keep = (pos >= start) & (pos < start + count[cell])
+    summed = torch.zeros((len(lengths), hidden.shape[1]), dtype=torch.float32, device=hidden.device)
+    summed.index_add_(0, cell[keep], hidden[keep].float())
     return summed / count[:, None].float()
 
 

@@ -141,7 +141,8 @@ class Embedder:
         """
         import torch
 
-        from pipelines.embed.encoder import pool_cells
+        from pipelines.embed.encoder import pool_cells, pool_packed
+        from pipelines.embed.tokenizer import Tokens
 
         lengths = np.diff(offsets).astype(np.int64)
         out = np.full((len(lengths), self.width), np.nan, dtype=np.float32)
@@ -160,21 +161,28 @@ class Embedder:
         with torch.inference_mode():
             for batch in batches:
                 rows = valid[batch.rows]
-                host_ids = torch.from_numpy(pad_batch(ids, offsets, rows, batch.width, self.pad_id))
-                host_len = torch.from_numpy(lengths[rows])
                 if cuda:
-                    host_ids, host_len = host_ids.pin_memory(), host_len.pin_memory()
+                    # Padded batch (cells of nearly one length) with a key mask: large, regular kernels.
+                    host_ids = torch.from_numpy(pad_batch(ids, offsets, rows, batch.width, self.pad_id))
+                    host_len = torch.from_numpy(lengths[rows]).pin_memory()
+                    host_ids = host_ids.pin_memory()
                     self.pinned_batches += int(host_ids.is_pinned())
-                dev_ids = host_ids.to(self.device, non_blocking=cuda)
-                dev_len = host_len.to(self.device, non_blocking=cuda)
-                hidden = self.encoder(dev_ids, dev_len)
-                results.append(pool_cells(hidden, dev_len, self.cls_present, self.eos_present))
+                    dev_ids = host_ids.to(self.device, non_blocking=True)
+                    dev_len = host_len.to(self.device, non_blocking=True)
+                    hidden = self.encoder(dev_ids, dev_len)
+                    results.append(pool_cells(hidden, dev_len, self.cls_present, self.eos_present))
+                else:
+                    # Packed cells: no padding computed, attention per cell without a mask.
+                    packed = Tokens(ids, offsets).take(rows)
+                    cell_offsets = torch.from_numpy(packed.offsets)
+                    hidden = self.encoder.forward_packed(torch.from_numpy(packed.ids), cell_offsets)
+                    results.append(pool_packed(hidden, cell_offsets, self.cls_present, self.eos_present))
                 order.append(rows)
                 if on_batch is not None:
                     on_batch(len(rows))
                 if stats is not None:
                     stats.batches += 1
-                    stats.padded_tokens += batch.tokens
+                    stats.padded_tokens += batch.tokens if cuda else int(lengths[rows].sum())
             pooled = torch.cat(results).float().cpu().numpy()  # one device sync per part
         out[np.concatenate(order)] = pooled
         if stats is not None:
