@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from pipelines.errors import ConfigError
@@ -23,12 +23,39 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+BASE_PRELOAD = ("distributed", "numpy", "pandas", "scipy.sparse")
 QUIET_LOGGERS = ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny", "tornado")
 
 
 @contextlib.contextmanager
-def dask_client(settings: Settings) -> Iterator[Client]:
+def _spawnable_main() -> Iterator[None]:
+    """Keep spawned worker processes from re-running the host program's ``__main__`` script.
+
+    Python's ``spawn`` start method runs the parent's main script again in every child. Inside
+    an Airflow task that script is the ``airflow`` command, which refuses to start without the
+    metadata database a task may not reach; the workers need none of it.
+    """
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+@contextlib.contextmanager
+def dask_client(settings: Settings, *, preload: Sequence[str] = ()) -> Iterator[Client]:
     """Yield a Dask ``Client`` per the settings; the local cluster is closed on exit.
+
+    Local workers are forked from a fork server that imported ``BASE_PRELOAD`` and
+    ``preload`` (module names) once, so that they start in a fraction of the time a fresh
+    interpreter takes and run their first task without importing anything.
 
     Raises
     ------
@@ -53,9 +80,11 @@ def dask_client(settings: Settings) -> Iterator[Client]:
         finally:
             client.close()
         return
+    _forkserver_preload([*BASE_PRELOAD, *preload])
     # Spilling to disk would only hide a task that holds too much; the nanny restarts it instead.
     with dask.config.set(
         {
+            "distributed.worker.multiprocessing-method": "forkserver",
             "distributed.worker.memory.target": False,
             "distributed.worker.memory.spill": False,
             "distributed.worker.memory.pause": 0.9,
@@ -64,18 +93,19 @@ def dask_client(settings: Settings) -> Iterator[Client]:
             "distributed.worker.daemon": True,
         }
     ):
-        cluster = LocalCluster(
-            n_workers=settings.dask_workers,
-            threads_per_worker=1,
-            processes=True,
-            memory_limit=settings.dask_worker_memory,
-            host="127.0.0.1",
-            scheduler_port=0,
-            dashboard_address=None,
-            # No dashboard; the scheduler's health endpoints listen on a free local port.
-            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-            silence_logs=logging.ERROR,
-        )
+        with _spawnable_main():
+            cluster = LocalCluster(
+                n_workers=settings.dask_workers,
+                threads_per_worker=1,
+                processes=True,
+                memory_limit=settings.dask_worker_memory,
+                host="127.0.0.1",
+                scheduler_port=0,
+                dashboard_address=None,
+                # No dashboard; the scheduler's health endpoints listen on a free local port.
+                scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+                silence_logs=logging.ERROR,
+            )
         # Not entered as a context manager and not the default client: the client may be
         # started in one thread and closed in another (BackgroundClient).
         client = Client(cluster, set_as_default=False)
@@ -89,6 +119,18 @@ def dask_client(settings: Settings) -> Iterator[Client]:
             cluster.close()
 
 
+def _forkserver_preload(modules: list[str]) -> None:
+    """Modules the fork server imports before forking workers (set before it starts)."""
+    import multiprocessing
+
+    import dask
+    from distributed.utils import get_mp_context
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        get_mp_context()  # distributed sets its own list once; ours, set after, is the one used
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(dict.fromkeys(modules)))
+
+
 class BackgroundClient:
     """Starts :func:`dask_client` in a thread, so that the cluster boots while the caller works.
 
@@ -100,12 +142,12 @@ class BackgroundClient:
             client = starting.get()
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, preload: Sequence[str] = ()) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self._stack = contextlib.ExitStack()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sclake-dask-start")
-        self._future = self._pool.submit(self._stack.enter_context, dask_client(settings))
+        self._future = self._pool.submit(self._stack.enter_context, dask_client(settings, preload=preload))
 
     def get(self) -> Client:
         return self._future.result()

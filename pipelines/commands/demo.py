@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
         genes: int = typer.Option(8000, help="Genes in the sample upload."),
         seed: int = typer.Option(0, help="Sample seed (another seed is another dataset)."),
         full: bool = typer.Option(False, "--full", help="Synthesize the full-size model instead of the tiny one."),
-        timeout: float = typer.Option(900.0, help="Seconds to wait for the DAGs."),
+        timeout: float = typer.Option(900.0, help="Seconds to wait for the DAG runs after the upload."),
     ) -> None:
         """Start the stack, upload a sample, wait for the DAGs, print a DuckDB query of the embeddings."""
         from pipelines.demo import DemoOptions, run_demo
