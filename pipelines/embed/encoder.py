@@ -150,16 +150,22 @@ class GeneformerEncoder(nn.Module):
     def width(self) -> int:
         return self.cfg.hidden_size
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Hidden states ``[batch, seq, hidden]`` of the last layer run (padding rows included)."""
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor, padded: bool | None = None) -> torch.Tensor:
+        """Hidden states ``[batch, seq, hidden]`` of the last layer run (padding rows included).
+
+        ``padded`` says whether any row is shorter than the batch (the caller knows it on the
+        host; ``None`` checks ``lengths``, which waits for the device).
+        """
         s = input_ids.shape[1]
         if s > self.cfg.max_position_embeddings:
             raise ValueError(f"sequence length {s} exceeds the model's {self.cfg.max_position_embeddings} positions")
         pos = self.position.weight[:s] + self.token_type
         x = self.norm(self.word(input_ids) + pos)
+        if padded is None:
+            padded = bool((lengths < s).any())
         # Key-padding mask, [batch, 1, 1, seq]; None when no row is padded.
         mask = None
-        if bool((lengths < s).any()):
+        if padded:
             mask = (torch.arange(s, device=input_ids.device) < lengths[:, None])[:, None, None, :]
         for layer in self.layers:
             x = layer(x, mask)

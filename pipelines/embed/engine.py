@@ -62,6 +62,8 @@ class EngineOptions:
         torch intra-op threads on CPU (default: leave torch's setting).
     max_cells : int, optional
         Cells per batch at most.
+    memory_cap_bytes : int, optional
+        The profile's host memory cap: a warning is logged when the process's peak RSS passes it.
     """
 
     device: str = "cpu"
@@ -71,6 +73,7 @@ class EngineOptions:
     prefetch: int = 1
     threads: int | None = None
     max_cells: int | None = None
+    memory_cap_bytes: int | None = None
 
     @property
     def is_cuda(self) -> bool:
@@ -169,7 +172,8 @@ class Embedder:
                     self.pinned_batches += int(host_ids.is_pinned())
                     dev_ids = host_ids.to(self.device, non_blocking=True)
                     dev_len = host_len.to(self.device, non_blocking=True)
-                    hidden = self.encoder(dev_ids, dev_len)
+                    padded = bool(lengths[rows].min() < batch.width)
+                    hidden = self.encoder(dev_ids, dev_len, padded=padded)
                     results.append(pool_cells(hidden, dev_len, self.cls_present, self.eos_present))
                 else:
                     # Packed cells: no padding computed, attention per cell without a mask.
@@ -331,6 +335,7 @@ def run_parts(
     reader_thread.start()
     writer_thread.start()
     finished = False
+    over_cap = False
     try:
         while (item := get(inbox)) is not _DONE:
             p, tp, read_s = item
@@ -342,6 +347,16 @@ def run_parts(
             stats.cells = len(offsets) - 1
             table = writer.embeddings_table(cell_ids, emb, obs, {**job.metadata, "part": p})
             del tp, emb, ids
+            cap = job.options.memory_cap_bytes
+            if cap and not over_cap and _peak_rss() > cap:
+                over_cap = True
+                log.warning(
+                    "peak RSS %.2f GiB passed the profile's host memory cap %.2f GiB (part %d); "
+                    "lower the token budget or the part size",
+                    _peak_rss() / 2**30,
+                    cap / 2**30,
+                    p,
+                )
             if not put(outbox, (p, table, stats)):
                 break
         finished = not stop.is_set()

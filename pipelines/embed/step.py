@@ -233,8 +233,9 @@ def embed_dataset(
     progress : bool, default True
         Log progress lines.
     keep : dict, optional
-        Rows to embed per part (sorted row indices within each part); default: the cells
-        that passed validation (``validated_cells``), every cell when not validated.
+        Rows to embed per part (sorted row indices within each part; a part not named keeps
+        none); default: the cells that passed validation (``validated_cells``), every cell
+        when the dataset was not validated.
     emb_layer : int, default -1
         Helical's ``emb_layer``.
     token_budget : int, optional
@@ -283,6 +284,8 @@ def embed_dataset(
     n_parts = tok.parts
     if keep is None:
         keep = kept_rows(lake, dataset_id, n_parts)
+    else:  # parts not named keep no cell
+        keep = {p: np.asarray(keep.get(p, ()), dtype=np.int64) for p in range(n_parts)}
     expected_rows = {
         p: int(len(keep[p])) if keep is not None else _part_cells(lake, dataset_id, vocab.hash, p)
         for p in range(n_parts)
@@ -326,7 +329,13 @@ def embed_dataset(
         cls_present="<cls>" in vocab.token_dictionary,
         eos_present="<eos>" in vocab.token_dictionary,
         pad_id=vocab.pad_id,
-        options=EngineOptions(device=dev, precision=prec, token_budget=budget, emb_layer=emb_layer),
+        options=EngineOptions(
+            device=dev,
+            precision=prec,
+            token_budget=budget,
+            emb_layer=emb_layer,
+            memory_cap_bytes=int(profile.host_memory),
+        ),
         metadata=metadata,
     )
     t0 = time.perf_counter()
