@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,13 +91,17 @@ def run_demo(opts: DemoOptions, echo=print) -> dict[str, Any]:
         since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(upload_time - 5))
 
         def ours_ingest(run: dict[str, Any], tis: list[dict[str, Any]]) -> bool:
-            # The continuous DAG's waiting run (started before the upload) is the one that picks it up.
-            return (run.get("end_date") or "9") >= since and any(
-                t["task_id"] == "process_upload.ingest" for t in tis
-            )
+            # The run whose sensor returned our key (the continuous DAG's waiting run picks it up).
+            if (run.get("end_date") or "9") < since or not any(t["task_id"] == "wait_for_uploads" for t in tis):
+                return False
+            return key in str(client.xcom("sclake_ingest", run["dag_run_id"], "wait_for_uploads") or "")
+
+        pending_task = f"embed_{re.sub(r'[^A-Za-z0-9_]', '_', model)}.pending"
 
         def ours_embed(run: dict[str, Any], tis: list[dict[str, Any]]) -> bool:
-            return (run.get("start_date") or "") >= since and any(t["task_id"].endswith(".embed") for t in tis)
+            if (run.get("start_date") or "") < since or not any(t["task_id"] == pending_task for t in tis):
+                return False
+            return dataset_id in str(client.xcom("sclake_embed", run["dag_run_id"], pending_task) or "")
 
         waiting = time.monotonic()  # the timeout covers the DAGs, not the stack's first start
         run = client.wait_for_run("sclake_ingest", ours_ingest, timeout=opts.timeout)

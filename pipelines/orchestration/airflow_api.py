@@ -57,6 +57,20 @@ class AirflowClient:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=1000)["task_instances"]
 
+    def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, key: str = "return_value") -> Any:
+        """A task's XCom value, or ``None`` when it has none (yet)."""
+        try:
+            data = self.get(
+                f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+                map_index=map_index,
+                deserialize="true",
+            )
+        except AirflowError as e:
+            if " 404" in str(e) or "answered 404" in str(e):
+                return None
+            raise
+        return data.get("value") if isinstance(data, dict) else data
+
     def task_log(self, dag_id: str, run_id: str, ti: dict[str, Any], lines: int = 30) -> str:
         try_number = max(int(ti.get("try_number") or 1), 1)
         data = self.get(
