@@ -6,7 +6,9 @@ nannies included) every ``interval`` seconds and keeps the largest sum, and also
 largest single process. Summed RSS counts shared pages (libraries) once per process, so
 it is an upper bound of the memory the tree really holds; a peak shorter than the
 sampling interval can be missed (the child's own kernel high-water mark, read from
-``/proc`` while it runs, is kept as a floor for its share).
+``/proc`` while it runs, is kept as a floor for its share). CPU seconds: the sum over
+every process of the tree of its user + system time at its last sample (a process's last
+``interval`` can be missed).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Measured:
     seconds: float
     peak_rss_tree_bytes: int  # largest sum of RSS over the process tree
     peak_rss_process_bytes: int  # largest RSS of a single process of the tree
+    cpu_seconds: float  # user + system CPU of the whole tree (each process's last sample)
     processes_seen: int
     stdout: str
     stderr: str
@@ -68,6 +71,7 @@ def run_measured(
     root = psutil.Process(proc.pid)
     peak = {"tree": 0, "one": 0, "root_hwm": 0}
     seen: set[int] = set()
+    cpu: dict[int, float] = {}  # pid -> user + system seconds at its last sample
     stop = threading.Event()
 
     def sample() -> None:
@@ -80,8 +84,10 @@ def run_measured(
             for p in family:
                 try:
                     rss = p.memory_info().rss
+                    t = p.cpu_times()
                 except psutil.Error:
                     continue
+                cpu[p.pid] = t.user + t.system
                 seen.add(p.pid)
                 total += rss
                 peak["one"] = max(peak["one"], rss)
@@ -101,6 +107,7 @@ def run_measured(
         seconds=seconds,
         peak_rss_tree_bytes=max(peak["tree"], peak["root_hwm"]),
         peak_rss_process_bytes=max(peak["one"], peak["root_hwm"]),
+        cpu_seconds=sum(cpu.values()),
         processes_seen=len(seen),
         stdout=out,
         stderr=err,

@@ -101,6 +101,7 @@ def side(m: Measured, cells: int, extra: dict) -> dict:
         "cells_per_second": round(cells / m.seconds, 1),
         "peak_rss_tree_bytes": m.peak_rss_tree_bytes,
         "peak_rss_process_bytes": m.peak_rss_process_bytes,
+        "cpu_seconds": round(m.cpu_seconds, 1),
         "processes": m.processes_seen,
         **extra,
     }
@@ -143,7 +144,7 @@ def main() -> None:
         for name in ("sclake", "anndata"):
             r = row[name]
             print(
-                f"  {name:8s}{r['seconds']:8.1f}s {r['cells_per_second']:9.0f} cells/s  "
+                f"  {name:8s}{r['seconds']:8.1f}s {r['cells_per_second']:9.0f} cells/s  cpu {r['cpu_seconds']:6.1f}s  "
                 f"peak RSS {gib(r['peak_rss_tree_bytes'])} (largest process {gib(r['peak_rss_process_bytes'])})",
                 flush=True,
             )

@@ -162,6 +162,16 @@ class Dataset:
 
         return read_elem(self.part_group(i)["obs"])
 
+    def cell_ids(self) -> np.ndarray:
+        """Cell ids (obs names) of every cell in row order; reads only each part's obs index."""
+        from anndata.io import read_elem
+
+        ids = []
+        for p in self.parts:
+            obs = self.part_group(p.index)["obs"]
+            ids.append(np.asarray(read_elem(obs[obs.attrs.get("_index", "_index")]), dtype=object))
+        return np.concatenate(ids) if ids else np.zeros(0, dtype=object)
+
     @cached_property
     def obs(self) -> pd.DataFrame:
         """obs of every cell, parts concatenated in row order (categoricals kept)."""
@@ -201,7 +211,7 @@ class Dataset:
         """
         frames = [self.part_stats(p.index) for p in self.parts]
         stats = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["total_counts", "n_genes"])
-        stats.index = self.obs.index
+        stats.index = pd.Index(self.cell_ids(), dtype=object)
         return stats
 
     def to_anndata(self) -> anndata.AnnData:

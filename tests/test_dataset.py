@@ -54,6 +54,7 @@ def test_reader_api(any_settings: Settings, client, tmp_path: Path) -> None:
 
     pd.testing.assert_frame_equal(ds.var, src.var)
     pd.testing.assert_frame_equal(ds.obs, src.obs)
+    np.testing.assert_array_equal(ds.cell_ids(), src.obs_names.to_numpy())
     np.testing.assert_array_equal(ds.gene_ids, src.var_names.to_numpy())
 
     csr = ds.read_part_csr(1)

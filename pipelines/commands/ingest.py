@@ -18,9 +18,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Copy an .h5ad to raw/ and convert it to zarr/<dataset_id>.zarr; prints the dataset id."""
         from pipelines.ingest import ingest
+        from pipelines.metrics import step_metrics
         from pipelines.settings import get_settings
 
-        result = ingest(get_settings(), uri)
+        settings = get_settings()
+        with step_metrics(settings, "ingest") as m:
+            result = ingest(settings, uri)
+            m.upload("already" if result.already else "ingested")
+            m.cells(0 if result.already else result.n_obs)
         if as_json:
             typer.echo(json.dumps(result.summary(), indent=2))
         else:

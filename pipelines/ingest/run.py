@@ -34,6 +34,7 @@ from pipelines.settings import Settings
 
 log = get_logger(__name__)
 
+WORKER_MODULES = ("h5py", "zarr", "anndata", "pipelines.ingest.convert")  # imported once, before workers fork
 PLAN_ATTR = "sclake-ingest-plan"  # root attribute of a staged store: what it is being converted from
 
 
@@ -129,7 +130,7 @@ def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> Inge
         if client is None:  # the local cluster boots meanwhile
             from pipelines.dask_cluster import BackgroundClient
 
-            client = stack.enter_context(BackgroundClient(settings)).get
+            client = stack.enter_context(BackgroundClient(settings, preload=WORKER_MODULES)).get
         copying = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="sclake-raw-copy"))
         raw_copy = copying.submit(_timed, timings, "raw_copy", raw.store_raw, lake, up, dataset_id, sha)
         if read_upload:
@@ -264,7 +265,7 @@ def convert(
                 if client is None:
                     from pipelines.dask_cluster import dask_client
 
-                    client = stack.enter_context(dask_client(settings))
+                    client = stack.enter_context(dask_client(settings, preload=WORKER_MODULES))
                 elif callable(client) and not hasattr(client, "submit"):
                     client = client()  # a client still starting (BackgroundClient.get)
                 done.update(_run_parts(client, settings, lake, spec, dataset_id, stage, stage_url, parts, todo))

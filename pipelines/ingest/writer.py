@@ -22,10 +22,10 @@ PART_MARKER = "sclake-part"  # part attribute written last: the part is complete
 
 
 def codecs() -> list[Any]:
-    """Compression of the count arrays: Blosc zstd level 1 with byte shuffle (fast, ~4-7x on counts)."""
+    """Compression of the count arrays: Blosc LZ4 with bit shuffle (cheap to write and read, ~3.5-4x on counts)."""
     from zarr.codecs import BloscCodec
 
-    return [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")]
+    return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")]
 
 
 def shard_size(nnz_per_row: float, shard_cells: int) -> int:
