@@ -119,6 +119,10 @@ def run_demo(opts: DemoOptions, echo=print) -> dict[str, Any]:
     n_rows = con.sql(
         f"SELECT count(*) FROM embeddings WHERE dataset_id = '{dataset_id}' AND model = '{model}'"
     ).fetchone()[0]
+    if n_rows == 0:
+        from pipelines.errors import SclakeError
+
+        raise SclakeError(f"the DAGs finished but no embeddings of dataset {dataset_id} with {model} are in the lake")
     echo(f"5/5 embeddings of dataset {dataset_id} with {model}: {n_rows:,} rows\n")
     echo(f'$ sclake query "{sql}"')
     echo(str(table))
