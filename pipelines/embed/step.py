@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -179,6 +180,7 @@ def _distribute(client: Any, job: EmbedJob, todo: list[int], keep: Any, resource
     per_host: dict[str, int] = {}
     for a in slots[:n_tasks]:
         per_host[workers[a]["host"]] = per_host.get(workers[a]["host"], 0) + 1
+    token = uuid.uuid4().hex[:8]  # task keys only: a rerun never meets an old result
     futures = []
     for addr, group in zip(slots[:n_tasks], groups, strict=True):
         threads = max(1, int(cores.get(addr, 1)) // per_host[workers[addr]["host"]])
@@ -195,7 +197,7 @@ def _distribute(client: Any, job: EmbedJob, todo: list[int], keep: Any, resource
                 allow_other_workers=True,
                 pure=False,
                 retries=1,
-                key=f"sclake-embed-{job.dataset_id}-{job.model}-{group[0]:05d}",
+                key=f"sclake-embed-{job.dataset_id}-{job.model}-{token}-{group[0]:05d}",
             )
         )
     log.info("embedding %d parts with %d Dask tasks%s", len(todo), n_tasks, f" ({resources})" if resources else "")
