@@ -31,7 +31,7 @@ from torch import nn
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ACTIVATIONS = {
-    "relu": F.relu,
+    "relu": F.relu_,
     "gelu": F.gelu,
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -126,8 +126,14 @@ class _Layer(nn.Module):
         return self._rest(ctx.view(t, h), x)
 
     def _rest(self, ctx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        x = self.attn_norm(self.attn_out(ctx) + x)
-        return self.ffn_norm(self.ffn_out(self.act(self.ffn_in(x))) + x)
+        # In-place residual adds and activation: no extra activation-sized buffers.
+        h = self.attn_out(ctx)
+        h += x
+        x = self.attn_norm(h)
+        h = self.act(self.ffn_in(x))
+        h = self.ffn_out(h)
+        h += x
+        return self.ffn_norm(h)
 
 
 class GeneformerEncoder(nn.Module):
