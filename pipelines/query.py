@@ -95,12 +95,20 @@ def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
     con.execute(f"LOAD {sql_str(str(extension_path(name)))}")
 
 
-def offline_connection() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection that never installs or auto-loads extensions."""
+def offline_connection(database: str = ":memory:", *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection (in memory by default) that never installs or auto-loads extensions."""
     import duckdb
 
-    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
-    con.execute("SET autoload_known_extensions = false")
+    config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    return duckdb.connect(database, read_only=read_only, config=config)
+
+
+def prepare_connection(con: duckdb.DuckDBPyConnection, settings: Settings) -> duckdb.DuckDBPyConnection:
+    """Load ``vss``, and for an ``s3://`` lake ``httpfs`` and a (temporary, never persisted) S3 secret."""
+    if settings.is_s3:
+        load_extension(con, "httpfs")
+        con.execute(s3_secret_sql(settings))
+    load_extension(con, "vss")
     return con
 
 
@@ -204,7 +212,8 @@ def committed_cells(lake: Lake) -> list[str]:
     return [rel for rel in files if rel.endswith("/obs.parquet") and rel.rpartition("/")[0] in markers]
 
 
-def _read_parquet_sql(locations: list[str], hive_types: str) -> str:
+def read_parquet_sql(locations: list[str], hive_types: str = EMBEDDING_HIVE_TYPES) -> str:
+    """``SELECT * FROM read_parquet([...])`` over lake files, hive columns typed, columns unioned by name."""
     files = "[" + ", ".join(sql_str(p) for p in locations) + "]"
     opts = f"hive_partitioning = true, union_by_name = true, hive_types = {hive_types}"
     return f"SELECT * FROM read_parquet({files}, {opts})"
@@ -214,7 +223,7 @@ def create_views(con: duckdb.DuckDBPyConnection, settings: Settings, *, material
     """(Re)create the ``embeddings`` and ``cells`` views from what is committed in the lake now."""
     lake = Lake(settings)
     parts = [duckdb_location(lake, p) for files in committed_partitions(lake).values() for p in files]
-    embeddings = _read_parquet_sql(parts, EMBEDDING_HIVE_TYPES) if parts else EMPTY_EMBEDDINGS
+    embeddings = read_parquet_sql(parts, EMBEDDING_HIVE_TYPES) if parts else EMPTY_EMBEDDINGS
     con.execute(f"CREATE OR REPLACE VIEW embeddings AS {embeddings}")
     have = committed_cells(lake)
     if materialize_cells:
@@ -225,7 +234,7 @@ def create_views(con: duckdb.DuckDBPyConnection, settings: Settings, *, material
         if missing:
             have = committed_cells(lake)
     files = [duckdb_location(lake, p) for p in have]
-    cells = _read_parquet_sql(files, CELLS_HIVE_TYPES) if files else EMPTY_CELLS
+    cells = read_parquet_sql(files, CELLS_HIVE_TYPES) if files else EMPTY_CELLS
     con.execute(f"CREATE OR REPLACE VIEW cells AS {cells}")
 
 
@@ -244,11 +253,7 @@ def connect(settings: Settings, *, materialize_cells: bool = True) -> duckdb.Duc
     duckdb.DuckDBPyConnection
         With ``httpfs`` loaded and an S3 secret for an ``s3://`` lake, and ``vss`` loaded.
     """
-    con = offline_connection()
-    if settings.is_s3:
-        load_extension(con, "httpfs")
-        con.execute(s3_secret_sql(settings))
-    load_extension(con, "vss")
+    con = prepare_connection(offline_connection(), settings)
     create_views(con, settings, materialize_cells=materialize_cells)
     return con
 

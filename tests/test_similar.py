@@ -85,18 +85,59 @@ def test_within_dataset(lake_vectors) -> None:
     assert [(n["dataset_id"], n["cell_id"]) for n in result.neighbors] == [key for key, _ in want]
 
 
-def test_hnsw_index(lake_vectors) -> None:
+def test_hnsw_index(lake_vectors, tmp_path) -> None:
     settings, vectors = lake_vectors
+    settings = settings.model_copy(update={"home": tmp_path / "home"})  # no index built yet
     query = ("0123456789abcdef", "cell-11")
+    assert find_similar(settings, MODEL, query[1], dataset_id=query[0], k=3).method == "exact"
+    assert not (tmp_path / "home" / "vss").exists()
+
     hnsw = find_similar(settings, MODEL, query[1], dataset_id=query[0], k=10, index="hnsw")
-    assert hnsw.method == "hnsw" and "HNSW" in hnsw.describe()
+    assert hnsw.method == "hnsw" and "HNSW" in hnsw.describe() and hnsw.searched == sum(DATASETS.values())
     got = [(n["dataset_id"], n["cell_id"]) for n in hnsw.neighbors]
-    assert got[0] == query
+    assert got[0] == query and hnsw.neighbors[0]["distance"] < 1e-6
     want = [key for key, _ in brute_force(vectors, vectors[query], 10)]
     assert len(set(got) & set(want)) >= 8  # approximate, but close on a table this small
-    # auto picks HNSW only from the threshold on
-    assert find_similar(settings, MODEL, query[1], dataset_id=query[0], k=3, hnsw_min_rows=100).method == "hnsw"
-    assert find_similar(settings, MODEL, query[1], dataset_id=query[0], k=3).method == "exact"
+    assert all("cell_type" in n for n in hnsw.neighbors)
+
+    # the index is kept and reused; auto uses it once it exists
+    (index,) = (tmp_path / "home" / "vss").glob("*.duckdb")
+    built = index.stat().st_mtime_ns
+    assert find_similar(settings, MODEL, "cell-4", dataset_id=query[0], k=3).method == "hnsw"
+    assert index.stat().st_mtime_ns == built
+    # auto also picks HNSW from the size threshold on
+    fresh = settings.model_copy(update={"home": tmp_path / "other"})
+    assert find_similar(fresh, MODEL, query[1], dataset_id=query[0], k=3, hnsw_min_rows=100).method == "hnsw"
+
+
+def test_hnsw_index_follows_new_embeddings(any_settings: Settings) -> None:
+    """A new partition of the model makes a new index; the stale one is removed (file:// and S3 lakes)."""
+    settings = any_settings
+    lake = Lake(settings)
+
+    def publish(dataset_id: str, seed: int) -> None:
+        x, types = clustered(40, seed)
+        table = pa.table(
+            {
+                "cell_id": [f"c{i}" for i in range(40)],
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM),
+                "cell_type": types,
+            }
+        )
+        with lake.publishing(PATHS.embeddings(MODEL, dataset_id)) as stage:
+            with lake.open(f"{stage}/part-00000.parquet", "wb") as f:
+                pq.write_table(table, f)
+
+    publish("0123456789abcdef", 1)
+    first = find_similar(settings, MODEL, "c1", k=3, index="hnsw")
+    (old,) = (settings.home / "vss").glob("*.duckdb")
+    publish("fedcba9876543210", 2)
+    second = find_similar(settings, MODEL, "c1", dataset_id="fedcba9876543210", k=3, index="hnsw")
+    (new,) = (settings.home / "vss").glob("*.duckdb")
+    assert new != old and first.searched == 40 and second.searched == 80
+    assert second.neighbors[0]["cell_id"] == "c1" and second.neighbors[0]["dataset_id"] == "fedcba9876543210"
+    if settings.s3_secret_key:  # the S3 secret is never written into the index file
+        assert settings.s3_secret_key.encode() not in new.read_bytes()
 
 
 def test_errors_name_the_value(lake_vectors) -> None:

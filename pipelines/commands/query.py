@@ -35,19 +35,29 @@ def similar_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Model whose embeddings are compared."),
     cell_id: str = typer.Option(..., "--cell-id", "-c", help="The query cell (an obs_name of the h5ad)."),
     dataset: str | None = typer.Option(None, "--dataset", "-d", help="Dataset of the query cell (when ambiguous)."),
-    k: int = typer.Option(10, "-k", "--k", min=1, help="Neighbours to return, the cell itself included."),
-    index: str = typer.Option("auto", "--index", help="exact, hnsw, or auto (HNSW for large tables)."),
+    k: int = typer.Option(10, "-k", "--top-k", min=1, help="Neighbours to return, the cell itself included."),
+    index: str = typer.Option("auto", "--index", help="exact, hnsw, or auto (HNSW if indexed or large)."),
     within_dataset: bool = typer.Option(False, "--within-dataset", help="Search the query cell's dataset only."),
+    hnsw_min_rows: int | None = typer.Option(
+        None, "--hnsw-min-rows", min=1, help="With --index auto: HNSW from this many cells on [1000000]."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Nearest cells by cosine distance of their embeddings; says whether the search was exact or HNSW."""
     from pipelines.settings import load_settings
-    from pipelines.similar import INDEX_CHOICES, find_similar
+    from pipelines.similar import HNSW_MIN_ROWS, INDEX_CHOICES, find_similar
 
     if index not in INDEX_CHOICES:
         raise typer.BadParameter(f"{index!r} is not one of {', '.join(INDEX_CHOICES)}", param_hint="--index")
     result = find_similar(
-        load_settings(), model, cell_id, dataset_id=dataset, k=k, index=index, within_dataset=within_dataset
+        load_settings(),
+        model,
+        cell_id,
+        dataset_id=dataset,
+        k=k,
+        index=index,
+        within_dataset=within_dataset,
+        hnsw_min_rows=hnsw_min_rows or HNSW_MIN_ROWS,
     )
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
