@@ -89,8 +89,8 @@ def test_hnsw_index(lake_vectors, tmp_path) -> None:
     settings, vectors = lake_vectors
     settings = settings.model_copy(update={"home": tmp_path / "home"})  # no index built yet
     query = ("0123456789abcdef", "cell-11")
-    assert find_similar(settings, MODEL, query[1], dataset_id=query[0], k=3).method == "exact"
-    assert not (tmp_path / "home" / "vss").exists()
+    exact = find_similar(settings, MODEL, query[1], dataset_id=query[0], k=3)
+    assert exact.method == "exact" and not (tmp_path / "home" / "vss").exists()
 
     hnsw = find_similar(settings, MODEL, query[1], dataset_id=query[0], k=10, index="hnsw")
     assert hnsw.method == "hnsw" and "HNSW" in hnsw.describe() and hnsw.searched == sum(DATASETS.values())
@@ -98,7 +98,7 @@ def test_hnsw_index(lake_vectors, tmp_path) -> None:
     assert got[0] == query and hnsw.neighbors[0]["distance"] < 1e-6
     want = [key for key, _ in brute_force(vectors, vectors[query], 10)]
     assert len(set(got) & set(want)) >= 8  # approximate, but close on a table this small
-    assert all("cell_type" in n for n in hnsw.neighbors)
+    assert list(hnsw.neighbors[0]) == list(exact.neighbors[0])  # same columns, same order
 
     # the index is kept and reused; auto uses it once it exists
     (index,) = (tmp_path / "home" / "vss").glob("*.duckdb")
