@@ -125,6 +125,7 @@ def main() -> None:
         path, sample_info = make_sample(args.workdir, cells, args.genes)
         nnz, nbytes = count_bytes(path)
         warm(path)
+        load_before = os.getloadavg()
         print(f"{cells:,} cells: {gib(nbytes)} of count data, file {gib(path.stat().st_size)}", flush=True)
         sm, summary = run_sclake(path, args.workdir, args.workers)
         warm(path)
@@ -136,6 +137,8 @@ def main() -> None:
             "count_bytes": nbytes,
             "file_bytes": path.stat().st_size,
             "sample": sample_info,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
             "sclake": side(sm, cells, {"timings": summary.get("timings", {}), "zarr_bytes": summary["zarr_bytes"]}),
             "anndata": side(am, cells, ad_extra),
         }
