@@ -62,6 +62,11 @@ class IngestResult:
         return {**asdict(self), "cells_per_second": round(self.cells_per_second, 1)}
 
 
+def transpose_scratch(dataset_id: str) -> str:
+    """Scratch prefix of the CSC transposition, beside the staged store (never published)."""
+    return f"{PATHS.staging(PATHS.zarr(dataset_id))}.transpose"
+
+
 def plan_parts(n_obs: int, part_cells: int) -> list[tuple[int, int, int]]:
     """``[(index, start, stop), …]``: consecutive row ranges of ``part_cells`` rows (the last may be shorter)."""
     return [(i, a, min(a + part_cells, n_obs)) for i, a in enumerate(range(0, n_obs, part_cells))]
@@ -147,6 +152,7 @@ def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> Inge
             if up.rel != raw_rel:
                 lake.rm(raw_rel)  # a rejected file is no accepted original
             lake.rm(PATHS.staging(zrel), recursive=True)
+            lake.rm(transpose_scratch(dataset_id), recursive=True)
             raise
         timings["convert"] = time.perf_counter() - t
     raw.remove_upload(lake, up)
@@ -268,7 +274,7 @@ def convert(
                     client = stack.enter_context(dask_client(settings, preload=WORKER_MODULES))
                 elif callable(client) and not hasattr(client, "submit"):
                     client = client()  # a client still starting (BackgroundClient.get)
-                done.update(_run_parts(client, settings, lake, spec, dataset_id, stage, stage_url, parts, todo))
+                done.update(_run_parts(client, settings, lake, spec, dataset_id, stage_url, parts, todo))
         records = [done[i] for i, _, _ in parts]
         root.attrs.put(_root_attrs(spec, dataset_id, sha, settings, records))
         if before_commit is not None:
@@ -295,7 +301,6 @@ def _run_parts(
     lake: Lake,
     spec: SourceSpec,
     dataset_id: str,
-    stage: str,
     stage_url: str,
     parts: list[tuple[int, int, int]],
     todo: list[tuple[int, int, int]],
@@ -303,7 +308,7 @@ def _run_parts(
     from distributed import as_completed
 
     token = uuid.uuid4().hex[:8]  # task keys only; nothing on disk depends on it
-    scratch_rel = f"{stage}.transpose"
+    scratch_rel = transpose_scratch(dataset_id)
     scratch_url = None
     if spec.layout == "csc":
         scratch_url = lake.url(scratch_rel)
