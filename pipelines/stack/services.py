@@ -107,7 +107,7 @@ def mlflow_service(settings: Settings) -> Service:
         port=settings.stack_mlflow_port,
         health_url=f"http://{settings.stack_host}:{settings.stack_mlflow_port}/health",
         env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "GUNICORN_CMD_ARGS": ""},
-        startup_timeout=120.0,
+        startup_timeout=600.0,
         install_hint="Install mlflow (a dependency of sclake: run `uv sync`).",
     )
 
