@@ -78,7 +78,16 @@ def validate_upload(settings: Settings, manifest: dict[str, Any], model: str | N
     if not result.ok:
         log.warning("quarantined %s: %s", manifest.get("key"), result.summary_line())
         return {**manifest, "outcome": QUARANTINED, "code": result.code, "reason": result.summary_line()}
-    return {**manifest, "outcome": WARNED if result.warnings else PASSED, "validation": result.summary_line()}
+    # The dataset's ingestion run in MLflow, with the upload key (embedding runs nest under it).
+    from pipelines.lineage import log_ingest_run
+
+    run_id = log_ingest_run(settings, manifest["dataset_id"], upload_key=manifest.get("key"), validation=result)
+    return {
+        **manifest,
+        "outcome": WARNED if result.warnings else PASSED,
+        "validation": result.summary_line(),
+        "mlflow_ingest_run_id": run_id,
+    }
 
 
 def datasets_to_embed(settings: Settings, model: str, dataset_ids: list[str] | None = None) -> list[str]:
