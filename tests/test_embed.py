@@ -285,6 +285,11 @@ def test_unknown_dataset_and_device_are_refused(lake_settings, tiny_model):
         resolve_device("tpu")
 
 
+def test_unavailable_layer_is_refused_before_any_work(lake_settings, dataset_id, tiny_model):
+    with pytest.raises(ConfigError, match="emb_layer 5"):
+        embed_dataset(lake_settings, dataset_id, tiny_model, emb_layer=5)
+
+
 @pytest.mark.integration
 def test_embed_on_an_s3_lake(settings_s3, tmp_path, tiny_model):
     """Tokens and embeddings on a real S3 API (rclone), read back with DuckDB through the query views."""

@@ -223,6 +223,15 @@ def _peak_rss() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def rows_hash(rows: np.ndarray | None) -> str:
+    """Fingerprint of the rows embedded from a part (``all`` for every row), kept in the part's metadata."""
+    if rows is None:
+        return "all"
+    import hashlib
+
+    return hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
 def _select(part: TokenPart, keep: np.ndarray | None) -> tuple[Any, Any, Any, np.ndarray]:
     """Cell ids, obs, token ids and offsets of the kept rows of a part."""
     if keep is None:
@@ -345,7 +354,9 @@ def run_parts(
             emb = embedder.embed(ids, offsets, stats, on_batch=meter.advance if meter else None)
             stats.compute_s = time.perf_counter() - t0
             stats.cells = len(offsets) - 1
-            table = writer.embeddings_table(cell_ids, emb, obs, {**job.metadata, "part": p})
+            rows = None if keep is None else keep.get(p)
+            meta = {**job.metadata, "part": p, "rows_hash": rows_hash(rows)}
+            table = writer.embeddings_table(cell_ids, emb, obs, meta)
             del tp, emb, ids
             cap = job.options.memory_cap_bytes
             if cap and not over_cap and _peak_rss() > cap:

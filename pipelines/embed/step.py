@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.embed import writer
-from pipelines.embed.engine import EmbedJob, EngineOptions, run_parts
+from pipelines.embed.engine import EmbedJob, EngineOptions, rows_hash, run_parts
 from pipelines.embed.tokenizer import TOKENIZER_VERSION
 from pipelines.embed.tokens import tokenize_dataset, vocabulary_for
 from pipelines.errors import ConfigError, LakeError
@@ -123,7 +123,9 @@ def kept_rows(lake: Lake, dataset_id: str, n_parts: int) -> dict[int, np.ndarray
     return {p: keep.get(p, np.zeros(0, dtype=np.int64)) for p in range(n_parts)}
 
 
-def _staged(lake: Lake, stage: str, expect: dict[str, str], rows: dict[int, int]) -> dict[int, dict[str, Any]]:
+def _staged(
+    lake: Lake, stage: str, expect: dict[str, str], rows: dict[int, int], hashes: dict[int, str]
+) -> dict[int, dict[str, Any]]:
     """Parts already in the staging folder that were made the same way and hold the expected rows."""
     done = {}
     for rel in writer.staged_parts(lake, stage):
@@ -135,7 +137,8 @@ def _staged(lake: Lake, stage: str, expect: dict[str, str], rows: dict[int, int]
             part = int(meta["part"])
         except (KeyError, ValueError):
             continue
-        if all(meta.get(k) == v for k, v in expect.items()) and rows.get(part) == n:
+        same = all(meta.get(k) == v for k, v in expect.items()) and meta.get("rows_hash") == hashes.get(part)
+        if same and rows.get(part) == n:
             done[part] = {"path": rel, "rows": n, "part": part}
     return done
 
@@ -256,6 +259,7 @@ def embed_dataset(
     LakeError
         The dataset is not in the lake or failed validation.
     """
+    from pipelines.embed.encoder import layers_needed
     from pipelines.models import check_model_files, read_manifest
     from pipelines.profiles import get_profile
     from pipelines.usage import ResourceMonitor
@@ -275,6 +279,11 @@ def embed_dataset(
     dev = resolve_device(device)
     prec = profile.resolve_precision(dev, precision, bf16_supported=bf16_supported(dev))
     budget = int(token_budget or profile.token_budget_for(dev))
+    width, n_layers = _architecture(files)
+    try:
+        layers_needed(emb_layer, n_layers)
+    except ValueError as e:
+        raise ConfigError(f"model {model!r}: {e}") from None
     manifest = read_manifest(files) or {}
     monitor = ResourceMonitor()
     monitor.start()
@@ -317,7 +326,8 @@ def embed_dataset(
     if lake.protocol == "file":
         lake.fs.makedirs(lake.path(stage), exist_ok=True)
     writer.clear_partials(lake, stage)
-    done = _staged(lake, stage, same_run, expected_rows)
+    hashes = {p: rows_hash(None if keep is None else keep[p]) for p in range(n_parts)}
+    done = _staged(lake, stage, same_run, expected_rows, hashes)
     todo = [p for p in range(n_parts) if p not in done]
     if done:
         log.info("resuming: %d of %d parts already staged", len(done), n_parts)
@@ -373,7 +383,6 @@ def embed_dataset(
         for k, v in out["stats"].items():
             stats[k] = stats.get(k, 0) + v
     rows = sum(int(r["rows"]) for r in records)
-    width = _width(files)
     info = {
         **writer.encoding("embeddings"),
         **metadata,
@@ -448,7 +457,9 @@ def _part_cells(lake: Lake, dataset_id: str, vocab_hash: str, part: int) -> int:
     return found[1]
 
 
-def _width(files: Any) -> int:
+def _architecture(files: Any) -> tuple[int, int]:
+    """Width and number of layers from the model's ``config.json``."""
     import json
 
-    return int(json.loads(files.config.read_text())["hidden_size"])
+    config = json.loads(files.config.read_text())
+    return int(config["hidden_size"]), int(config["num_hidden_layers"])
