@@ -70,7 +70,10 @@ def validate(manifest: dict[str, Any]) -> dict[str, Any]:
 )
 def sclake_ingest() -> None:
     uploads = UploadsSensor(
-        task_id="wait_for_uploads", poke_interval=SENSOR_POKE_S, timeout=SENSOR_TIMEOUT_S, retries=2,
+        task_id="wait_for_uploads",
+        poke_interval=SENSOR_POKE_S,
+        timeout=SENSOR_TIMEOUT_S,
+        retries=2,
         retry_delay=timedelta(seconds=10),
     )
 

@@ -44,8 +44,14 @@ def airflow_env(tmp_path: Path, settings=None, **extra: str) -> dict[str, str]:
 
 
 def run_py(code: str, env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 @pytest.mark.parametrize("mode", ["local", "docker", "kubernetes"])
@@ -54,7 +60,7 @@ def test_dags_import_without_errors_or_heavy_modules(tmp_path: Path, mode: str) 
         f"""
         import json, sys
         from airflow.dag_processing.dagbag import DagBag
-        bag = DagBag({str(ROOT / 'dags')!r})
+        bag = DagBag({str(ROOT / "dags")!r})
         heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
         print(json.dumps({{"errors": {{k: v[-500:] for k, v in bag.import_errors.items()}},
                           "dags": sorted(bag.dag_ids), "heavy": heavy}}))
@@ -99,10 +105,16 @@ def test_dags_end_to_end_on_s3(tmp_path: Path, settings_s3, tiny_model) -> None:
     lake.put(good, "incoming/lab-a/good.h5ad")
     lake.put(bad, "incoming/lab-b/bad.h5ad")
 
-    env = airflow_env(tmp_path, settings_s3, SCLAKE_SENSOR_TIMEOUT_S="3", SCLAKE_SENSOR_POKE_S="1",
-                      SCLAKE_MODELS=tiny_model)
-    r = subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], env=env,
-                       capture_output=True, text=True, timeout=600)
+    env = airflow_env(
+        tmp_path, settings_s3, SCLAKE_SENSOR_TIMEOUT_S="3", SCLAKE_SENSOR_POKE_S="1", SCLAKE_MODELS=tiny_model
+    )
+    r = subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
     ingest = dag_test("sclake_ingest", env)
@@ -163,16 +175,22 @@ def test_kubernetes_mode_builds_pods_from_the_profiles(tmp_path: Path) -> None:
     from pipelines.profiles import get_profile
 
     models = "gf-6L-10M-i2048,gf-12L-38M-i4096"
-    env = airflow_env(tmp_path, SCLAKE_EXECUTION_MODE="kubernetes", SCLAKE_MODELS=models,
-                      SCLAKE_WORKER_IMAGE="registry.example/sclake-worker:1")
+    env = airflow_env(
+        tmp_path,
+        SCLAKE_EXECUTION_MODE="kubernetes",
+        SCLAKE_MODELS=models,
+        SCLAKE_WORKER_IMAGE="registry.example/sclake-worker:1",
+    )
     r = run_py(DUMP_K8S.format(dags=str(ROOT / "dags")), env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["errors"] == {}
     tasks = {t["task"]: t for t in out["tasks"]}
     assert set(tasks) == {
-        "process_upload.ingest", "process_upload.validate",
-        "embed_gf_6L_10M_i2048.dataset.embed", "embed_gf_12L_38M_i4096.dataset.embed",
+        "process_upload.ingest",
+        "process_upload.validate",
+        "embed_gf_6L_10M_i2048.dataset.embed",
+        "embed_gf_12L_38M_i4096.dataset.embed",
     }
     for t in tasks.values():
         assert t["image"] == "registry.example/sclake-worker:1"

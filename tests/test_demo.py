@@ -23,13 +23,20 @@ def test_demo_runs_end_to_end(tmp_path: Path, models_dir: Path, tiny_model: str)
         SCLAKE_MODELS=tiny_model,
         SCLAKE_DASK_WORKERS="1",
         SCLAKE_SENSOR_POKE_S="5",
-        **{f"SCLAKE_STACK_{name}_PORT": str(free_port())
-           for name in ("S3", "MLFLOW", "AIRFLOW", "PROMETHEUS", "PUSHGATEWAY", "NODE_EXPORTER", "AIRFLOW_EXPORTER")},
+        **{
+            f"SCLAKE_STACK_{name}_PORT": str(free_port())
+            for name in ("S3", "MLFLOW", "AIRFLOW", "PROMETHEUS", "PUSHGATEWAY", "NODE_EXPORTER", "AIRFLOW_EXPORTER")
+        },
     )
     sclake = str(Path(sys.executable).with_name("sclake"))
     try:
-        r = subprocess.run([sclake, "demo", "--cells", "400", "--genes", "3000", "--timeout", "1500"], env=env,
-                           capture_output=True, text=True, timeout=1800)
+        r = subprocess.run(
+            [sclake, "demo", "--cells", "400", "--genes", "3000", "--timeout", "1500"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
         m = re.search(r"embeddings of dataset ([0-9a-f]{16}) with (\S+): ([\d,]+) rows", r.stdout)
         assert m, r.stdout
@@ -37,8 +44,9 @@ def test_demo_runs_end_to_end(tmp_path: Path, models_dir: Path, tiny_model: str)
         assert "sclake_ingest run" in r.stdout and "sclake_embed run" in r.stdout
         assert "Airflow" in r.stdout and "MLflow" in r.stdout
         # A second demo with the same sample finds the embeddings and only prints the query.
-        again = subprocess.run([sclake, "demo", "--cells", "400", "--genes", "3000"], env=env,
-                               capture_output=True, text=True, timeout=900)
+        again = subprocess.run(
+            [sclake, "demo", "--cells", "400", "--genes", "3000"], env=env, capture_output=True, text=True, timeout=900
+        )
         assert again.returncode == 0, again.stderr[-3000:]
         assert "nothing new to do" in again.stdout
     finally:

@@ -6,8 +6,9 @@ import json
 
 import typer
 
-stack_app = typer.Typer(help="The embedded services (S3 server, MLflow, Airflow, Prometheus) under SCLAKE_HOME.",
-                        no_args_is_help=True)
+stack_app = typer.Typer(
+    help="The embedded services (S3 server, MLflow, Airflow, Prometheus) under SCLAKE_HOME.", no_args_is_help=True
+)
 
 
 def _print(rows, as_json: bool) -> None:
