@@ -134,6 +134,8 @@ def test_dags_end_to_end_on_s3(tmp_path: Path, settings_s3, tiny_model) -> None:
     assert lake.is_published(prefix)
     rows = lake.commit_info(prefix)["rows"]
     assert rows == 300
+    parts = lake.ls(prefix, suffix=".parquet")
+    assert parts
 
     # A run with no new uploads does nothing (the sensor times out and the run is skipped).
     before = lake.ls("", recursive=True)
@@ -150,7 +152,7 @@ def test_dags_end_to_end_on_s3(tmp_path: Path, settings_s3, tiny_model) -> None:
     embed2 = dag_test("sclake_embed", env)
     assert embed2["state"] == "success", embed2
     assert lake.commit_info(prefix)["rows"] == rows
-    assert len(lake.ls(prefix, suffix=".parquet")) == len(lake.ls(prefix, suffix=".parquet"))
+    assert lake.ls(prefix, suffix=".parquet") == parts
 
 
 DUMP_K8S = """
