@@ -6,7 +6,10 @@ export UV_LINK_MODE ?= copy
 
 setup:  ## create .venv from uv.lock (Python 3.11); installs uv first when it is missing
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
+	@# Our own modules too: every step starts fresh Python processes (Dask workers, Airflow
+	@# tasks), and where PYTHONDONTWRITEBYTECODE is set they would recompile on each start.
+	$(UV) run --frozen --no-sync python -m compileall -q pipelines dags
 
 demo: setup  ## the main job on the embedded stack
 	$(UV) run --frozen sclake demo
