@@ -5,6 +5,10 @@ processes, one thread each (the tasks are CPU-bound NumPy/codec work and HDF5 re
 which hold the GIL in places), each with a memory limit of
 ``SCLAKE_DASK_WORKER_MEMORY`` (the nanny restarts a worker that goes beyond it), no
 dashboard, quiet logs. Set: a ``Client`` connected to that scheduler.
+
+Workers are forked from a fork server that has imported the task modules once. A step
+can start that server first thing (:func:`start_fork_server`), so that its imports run
+on another core while the step imports its own modules and hashes its input.
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-BASE_PRELOAD = ("distributed", "numpy", "pandas", "scipy.sparse")
+BASE_PRELOAD = ("distributed", "numpy", "pandas", "scipy.sparse")  # the fork server imports them once
+INGEST_MODULES = ("h5py", "zarr", "anndata", "pipelines.ingest.convert")  # what the ingest tasks import
+# Worker environment. Dask's default MALLOC_TRIM_THRESHOLD_=65536 pins glibc's mmap threshold,
+# so every block-sized NumPy buffer is a fresh mmap whose pages are faulted in and zeroed again:
+# the conversion tasks, which allocate and free such buffers all the time, ran 35% slower with
+# it. The worker memory limit (the nanny) still bounds what a worker holds.
+WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": None}
 QUIET_LOGGERS = ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny", "tornado")
 
 
@@ -80,7 +90,7 @@ def dask_client(settings: Settings, *, preload: Sequence[str] = ()) -> Iterator[
         finally:
             client.close()
         return
-    _forkserver_preload([*BASE_PRELOAD, *preload])
+    _forkserver_preload(_preload_list(preload))
     # Spilling to disk would only hide a task that holds too much; the nanny restarts it instead.
     with dask.config.set(
         {
@@ -91,6 +101,7 @@ def dask_client(settings: Settings, *, preload: Sequence[str] = ()) -> Iterator[
             "distributed.worker.memory.terminate": 0.98,
             "distributed.admin.system-monitor.gil.enabled": False,
             "distributed.worker.daemon": True,
+            "distributed.nanny.pre-spawn-environ": WORKER_ENVIRON,
         }
     ):
         with _spawnable_main():
@@ -117,6 +128,28 @@ def dask_client(settings: Settings, *, preload: Sequence[str] = ()) -> Iterator[
         finally:
             client.close()
             cluster.close()
+
+
+def start_fork_server(settings: Settings, *, preload: Sequence[str] = ()) -> None:
+    """Start the fork server local workers will be forked from, if a local cluster is to be used.
+
+    Returns at once; the server imports ``BASE_PRELOAD`` and ``preload`` in its own process
+    meanwhile. Idempotent, and a no-op with ``SCLAKE_DASK_ADDRESS`` set. Importing nothing
+    heavy itself, it is meant to be called before the caller's own imports.
+    """
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    if settings.dask_address:
+        return
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_preload_list(preload))
+    forkserver.ensure_running()
+
+
+def _preload_list(preload: Sequence[str]) -> list[str]:
+    # pipelines.fork_server comes last: its exit handler then runs first (atexit is LIFO).
+    return list(dict.fromkeys([*BASE_PRELOAD, *preload, "pipelines.fork_server"]))
 
 
 def _forkserver_preload(modules: list[str]) -> None:
