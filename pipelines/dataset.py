@@ -33,13 +33,13 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from pipelines.errors import LakeError
 from pipelines.lake import PATHS, Lake
 
 if TYPE_CHECKING:
     import anndata
+    import pandas as pd
     import scipy.sparse as sp
     import zarr
 
@@ -175,6 +175,8 @@ class Dataset:
     @cached_property
     def obs(self) -> pd.DataFrame:
         """obs of every cell, parts concatenated in row order (categoricals kept)."""
+        import pandas as pd
+
         frames = [self.obs_part(p.index) for p in self.parts]
         return pd.concat(frames) if frames else pd.DataFrame()
 
@@ -194,6 +196,8 @@ class Dataset:
 
     def part_stats(self, i: int) -> pd.DataFrame:
         """``total_counts`` and ``n_genes`` of the cells of part ``i``."""
+        import pandas as pd
+
         part = self._part(i)
         g = self.root[f"{STATS_GROUP}/{part_key(i)}"]
         return pd.DataFrame(
@@ -209,6 +213,8 @@ class Dataset:
 
         The index is the cell ids (obs names).
         """
+        import pandas as pd
+
         frames = [self.part_stats(p.index) for p in self.parts]
         stats = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["total_counts", "n_genes"])
         stats.index = pd.Index(self.cell_ids(), dtype=object)

@@ -46,9 +46,9 @@ def test_reader_api(any_settings: Settings, client, tmp_path: Path) -> None:
     assert (ds.n_obs, ds.n_vars, ds.nnz) == (130, 700, src.X.nnz)
     assert ds.counts_source == "X" and ds.gene_id_source == "index"
     assert [(p.index, p.start, p.stop, p.n_obs) for p in ds.parts] == [
-        (0, 0, 64, 64),
-        (1, 64, 128, 64),
-        (2, 128, 130, 2),
+        (0, 0, 43, 43),
+        (1, 43, 86, 43),
+        (2, 86, 130, 44),
     ]
     assert sum(p.nnz for p in ds.parts) == ds.nnz
 
@@ -58,19 +58,19 @@ def test_reader_api(any_settings: Settings, client, tmp_path: Path) -> None:
     np.testing.assert_array_equal(ds.gene_ids, src.var_names.to_numpy())
 
     csr = ds.read_part_csr(1)
-    assert isinstance(csr, sp.csr_matrix) and csr.shape == (64, 700)
+    assert isinstance(csr, sp.csr_matrix) and csr.shape == (43, 700)
     assert csr.indices.dtype == csr.indptr.dtype  # scipy-consistent index dtypes
-    assert (csr != src.X[64:128]).nnz == 0
+    assert (csr != src.X[43:86]).nnz == 0
     part = ds.read_part(2)
-    assert part.n_obs == 2 and list(part.obs_names) == list(src.obs_names[128:])
-    pd.testing.assert_frame_equal(ds.obs_part(0), src.obs.iloc[:64])
+    assert part.n_obs == 44 and list(part.obs_names) == list(src.obs_names[86:])
+    pd.testing.assert_frame_equal(ds.obs_part(0), src.obs.iloc[:43])
 
     stats = ds.cell_stats()
     assert list(stats.columns) == ["total_counts", "n_genes", "part"]
     assert list(stats.index) == list(src.obs_names)
     np.testing.assert_allclose(stats["total_counts"], np.asarray(src.X.sum(axis=1)).ravel())
     np.testing.assert_array_equal(stats["n_genes"], np.diff(src.X.indptr))
-    np.testing.assert_array_equal(stats["part"], np.repeat([0, 1, 2], [64, 64, 2]))
+    np.testing.assert_array_equal(stats["part"], np.repeat([0, 1, 2], [43, 43, 44]))
 
     whole = ds.to_anndata()
     assert (whole.X != src.X).nnz == 0

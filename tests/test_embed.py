@@ -18,12 +18,13 @@ from pipelines.embed import embed_dataset, tokenize_dataset
 from pipelines.embed.engine import Embedder, EngineOptions
 from pipelines.embed.tokens import read_token_part, vocabulary_for
 from pipelines.errors import ConfigError
+from pipelines.ingest import plan_parts
 from pipelines.lake import PATHS, Lake, part_name
 from pipelines.models import model_files, synthesize
 from pipelines.settings import Settings
 
 N_CELLS = 140
-PART_CELLS = 64  # three parts: 64, 64, 12
+PART_CELLS = 64  # three parts of at most 64 cells: 46, 47, 47
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -109,7 +110,7 @@ def test_embeddings_match_helical_fp32(lake_settings, dataset_id, tiny_model, ad
     result = embed_dataset(lake_settings, dataset_id, tiny_model, device="cpu")
     assert result.precision == "fp32" and result.device == "cpu"
     assert result.rows == N_CELLS and result.parts == 3 and result.width == 32
-    assert [f["rows"] for f in result.files] == [64, 64, 12]
+    assert [f["rows"] for f in result.files] == [46, 47, 47]
     assert result.cells_per_s > 0 and result.peak_rss_bytes > 0
     assert result.padded_tokens >= result.tokens > 0
     ids, emb = read_embeddings(lake_settings, dataset_id, tiny_model)
@@ -185,11 +186,12 @@ def test_parquet_is_readable_by_duckdb_with_hive_partitions(lake_settings, datas
 
 def test_keep_embeds_exactly_the_given_cells(lake_settings, dataset_id, tiny_model, adata, helical_embeddings):
     fresh(lake_settings, dataset_id, tiny_model)
-    keep = {0: np.array([0, 5, 63]), 1: np.array([], dtype=np.int64), 2: np.arange(0, 12, 2)}
+    keep = {0: np.array([0, 5, 45]), 1: np.array([], dtype=np.int64), 2: np.arange(0, 12, 2)}
     result = embed_dataset(lake_settings, dataset_id, tiny_model, keep=keep)
     assert result.rows == 3 + 0 + 6 and [f["rows"] for f in result.files] == [3, 0, 6]
     ids, emb = read_embeddings(lake_settings, dataset_id, tiny_model)
-    rows = np.concatenate([keep[0], PART_CELLS + keep[1], 2 * PART_CELLS + keep[2]]).astype(int)
+    starts = [a for _, a, _ in plan_parts(N_CELLS, PART_CELLS)]
+    rows = np.concatenate([starts[p] + keep[p] for p in (0, 1, 2)]).astype(int)
     assert ids == [adata.obs_names[i] for i in rows]
     assert cosine(emb, helical_embeddings[rows]).min() >= 0.9999
     fresh(lake_settings, dataset_id, tiny_model)

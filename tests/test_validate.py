@@ -131,7 +131,7 @@ def test_valid_dataset_passes_and_publishes_reports(settings: Settings, client, 
 
     kept = validated_cells(lake, dataset_id)
     assert sorted(kept) == [0, 1, 2]
-    for part, n in zip(range(3), (64, 64, 22), strict=True):
+    for part, n in zip(range(3), (50, 50, 50), strict=True):
         np.testing.assert_array_equal(kept[part], np.arange(n))
     assert list(validated_cell_ids(lake, dataset_id)[:2]) == ["cell-000001", "cell-000002"]
     assert is_validated(lake, dataset_id)

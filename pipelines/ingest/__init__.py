@@ -10,7 +10,17 @@ Modules: ``raw`` (upload identity, raw copy), ``source`` (reading the h5ad), ``w
 back with :mod:`pipelines.dataset`; it is specified in ``docs/ingest.md``.
 """
 
+from typing import Any
+
 from pipelines.ingest.run import IngestResult, ingest, plan_parts
-from pipelines.ingest.source import SourceSpec, inspect_source
 
 __all__ = ["IngestResult", "SourceSpec", "ingest", "inspect_source", "plan_parts"]
+
+
+def __getattr__(name: str) -> Any:
+    # The source readers import h5py, pandas and anndata: loaded when first asked for.
+    if name in ("SourceSpec", "inspect_source"):
+        from pipelines.ingest import source
+
+        return getattr(source, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

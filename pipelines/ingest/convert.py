@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from pipelines.errors import InputError
 from pipelines.ingest.source import SourceSpec, open_h5, read_csr_rows, read_obs_rows, read_var, row_block_size
 from pipelines.ingest.writer import PartWriter
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 TRANSPOSE_BLOCK_VALUES = 8 * 1024 * 1024  # stored values per column block of a CSC source
 
@@ -107,6 +109,17 @@ def convert_part(
     return info
 
 
+def write_var(spec: SourceSpec, target_url: str, target_options: dict[str, Any]) -> int:
+    """Write the dataset's genes (the source's var, which every part repeats) at the store's root."""
+    from pipelines.ingest.writer import write_tables
+
+    root = _open_root(target_url, target_options)
+    with open_h5(spec.url, spec.storage_options) as f:
+        var = read_var(f, spec)
+    write_tables(root, {"var": var})
+    return len(var)
+
+
 def transpose_columns(
     spec: SourceSpec,
     scratch_url: str,
@@ -154,6 +167,8 @@ def transpose_columns(
 def _assemble_from_buckets(
     scratch_url: str, options: dict[str, Any], index: int, n_rows: int, n_vars: int, dtype: np.dtype
 ) -> sp.csr_matrix:
+    import scipy.sparse as sp
+
     fs, root = _fs(scratch_url, options)
     try:
         files = sorted(fs.ls(f"{root}/p{index:05d}", detail=False))

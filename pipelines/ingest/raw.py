@@ -3,9 +3,12 @@
 An upload is an object in the lake (typically under ``incoming/``), an ``s3://`` object
 outside the lake on the same endpoint, or a local file (a path or a ``file://`` URI
 outside a ``file://`` lake). Its dataset id is the first 16 hex digits of the SHA-256 of
-its bytes, streamed. The original is copied to ``raw/<dataset_id>.h5ad`` (server-side
-within S3, streamed from a local file) and the copy is verified (size and SHA-256)
-before anything removes the upload.
+its bytes, streamed. The same pass computes their XXH3-128 checksum. The original is
+copied to ``raw/<dataset_id>.h5ad`` (server-side within S3, streamed from a local file)
+and the copy is verified before anything removes the upload: its size, then its
+XXH3-128 read back, must be the upload's. XXH3 reads at memory speed (about 8 GB/s here,
+SHA-256 1.3 GB/s) and catches any corruption or truncation of a copy with a chance of
+missing one of 2^-128; the SHA-256 names the bytes, the XXH3 checks that they arrived.
 """
 
 from __future__ import annotations
@@ -85,16 +88,49 @@ def size(lake: Lake, up: Upload) -> int:
     return int(lake.fs.size(up.fs_path or lake.path(up.rel or "")))
 
 
+@dataclass(frozen=True)
+class Fingerprint:
+    """An upload's bytes: SHA-256 (the dataset id), XXH3-128 (the check of copies), size."""
+
+    sha256: str
+    xxh3: str
+    size: int
+
+    @property
+    def dataset_id(self) -> str:
+        return self.sha256[:16]
+
+
+def _stream_digests(f: Any, *, sha: bool) -> tuple[str | None, str, int]:
+    import xxhash
+
+    h = hashlib.sha256() if sha else None
+    x = xxhash.xxh3_128()
+    n = 0
+    while block := f.read(HASH_BLOCK):
+        if h is not None:
+            h.update(block)
+        x.update(block)
+        n += len(block)
+    return (h.hexdigest() if h is not None else None), x.hexdigest(), n
+
+
+def _open(lake: Lake, up: Upload) -> Any:
+    if up.local is not None:
+        return open(up.local, "rb")  # noqa: SIM115
+    return lake.fs.open(up.fs_path or lake.path(up.rel or ""), "rb", block_size=HASH_BLOCK)
+
+
+def fingerprint(lake: Lake, up: Upload) -> Fingerprint:
+    """SHA-256, XXH3-128 and size of the upload's bytes, in one streamed pass."""
+    with _open(lake, up) as f:
+        sha, xxh, n = _stream_digests(f, sha=True)
+    return Fingerprint(str(sha), xxh, n)
+
+
 def sha256(lake: Lake, up: Upload) -> str:
     """Hex SHA-256 of the upload's bytes, streamed."""
-    if up.rel is not None:
-        return lake.sha256(up.rel)
-    h = hashlib.sha256()
-    opener = open(up.local, "rb") if up.local is not None else lake.fs.open(up.fs_path, "rb", block_size=HASH_BLOCK)  # noqa: SIM115
-    with opener as f:
-        while block := f.read(HASH_BLOCK):
-            h.update(block)
-    return h.hexdigest()
+    return fingerprint(lake, up).sha256
 
 
 def read_location(lake: Lake, up: Upload) -> tuple[str, dict[str, Any]]:
@@ -106,25 +142,26 @@ def read_location(lake: Lake, up: Upload) -> tuple[str, dict[str, Any]]:
     return lake.url(up.rel or ""), lake.storage_options
 
 
-def raw_is_verified(lake: Lake, dataset_id: str, expected_size: int, sha: str) -> bool:
-    """Whether ``raw/<id>.h5ad`` holds exactly the upload's bytes (size, then SHA-256)."""
-    rel = PATHS.raw(dataset_id)
-    if not lake.exists(rel) or lake.size(rel) != expected_size:
+def raw_is_verified(lake: Lake, fp: Fingerprint) -> bool:
+    """Whether ``raw/<id>.h5ad`` holds exactly the upload's bytes (size, then XXH3-128 read back)."""
+    rel = PATHS.raw(fp.dataset_id)
+    if not lake.exists(rel) or lake.size(rel) != fp.size:
         return False
-    return lake.sha256(rel) == sha
+    with lake.open(rel, "rb", block_size=HASH_BLOCK) as f:
+        _, xxh, n = _stream_digests(f, sha=False)
+    return n == fp.size and xxh == fp.xxh3
 
 
-def store_raw(lake: Lake, up: Upload, dataset_id: str, sha: str) -> str:
+def store_raw(lake: Lake, up: Upload, fp: Fingerprint) -> str:
     """Copy the upload to ``raw/<dataset_id>.h5ad`` unless it is there already; verify; return the path.
 
     Raises
     ------
     LakeError
-        When the copy's size or SHA-256 differs from the upload's.
+        When the copy's size or checksum differs from the upload's.
     """
-    rel = PATHS.raw(dataset_id)
-    expected = size(lake, up)
-    if up.rel == rel or raw_is_verified(lake, dataset_id, expected, sha):
+    rel = PATHS.raw(fp.dataset_id)
+    if up.rel == rel or raw_is_verified(lake, fp):
         return rel
     if up.local is not None:
         lake.put(up.local, rel)
@@ -132,9 +169,9 @@ def store_raw(lake: Lake, up: Upload, dataset_id: str, sha: str) -> str:
         lake.copy(up.rel, rel)
     else:
         lake.fs.copy(up.fs_path, lake.path(rel))
-    if not raw_is_verified(lake, dataset_id, expected, sha):
+    if not raw_is_verified(lake, fp):
         lake.rm(rel)
-        raise LakeError(f"the copy of {up.uri!r} at {lake.url(rel)!r} does not match the original (size or SHA-256)")
+        raise LakeError(f"the copy of {up.uri!r} at {lake.url(rel)!r} does not match the original (size or checksum)")
     return rel
 
 

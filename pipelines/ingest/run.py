@@ -17,24 +17,25 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from pipelines import __version__
-from pipelines.dataset import ENCODING_TYPE, ENCODING_VERSION, open_store
+from pipelines.dask_cluster import INGEST_MODULES as WORKER_MODULES
+from pipelines.dask_cluster import start_fork_server
 from pipelines.errors import InputError, LakeError
 from pipelines.ingest import raw
-from pipelines.ingest.convert import TRANSPOSE_BLOCK_VALUES, convert_part, transpose_columns
-from pipelines.ingest.source import SourceSpec, inspect_source, open_h5, read_var
-from pipelines.ingest.writer import part_is_complete
 from pipelines.lake import PATHS, Lake
 from pipelines.logs import Progress, get_logger
 from pipelines.settings import Settings
 
+if TYPE_CHECKING:
+    from pipelines.ingest.source import SourceSpec
+
+# The conversion's modules (anndata, zarr, h5py, pandas: seconds to import) are imported
+# where they are used, so that an ingest can start hashing and start its workers first.
+
 log = get_logger(__name__)
 
-WORKER_MODULES = ("h5py", "zarr", "anndata", "pipelines.ingest.convert")  # imported once, before workers fork
 PLAN_ATTR = "sclake-ingest-plan"  # root attribute of a staged store: what it is being converted from
 
 
@@ -68,8 +69,17 @@ def transpose_scratch(dataset_id: str) -> str:
 
 
 def plan_parts(n_obs: int, part_cells: int) -> list[tuple[int, int, int]]:
-    """``[(index, start, stop), …]``: consecutive row ranges of ``part_cells`` rows (the last may be shorter)."""
-    return [(i, a, min(a + part_cells, n_obs)) for i, a in enumerate(range(0, n_obs, part_cells))]
+    """``[(index, start, stop), …]``: consecutive row ranges of at most ``part_cells`` rows.
+
+    As few parts as that allows, of equal size (they differ by one row at most): no short
+    last part, so that the tasks that write them, and later the embedding of each, are
+    of even weight. 50,000 cells at 16,384 make 4 parts of 12,500.
+    """
+    if n_obs <= 0:
+        return []
+    n = -(-n_obs // part_cells)
+    bounds = [i * n_obs // n for i in range(n + 1)]
+    return [(i, bounds[i], bounds[i + 1]) for i in range(n)]
 
 
 def ingest(settings: Settings, uri: str, *, client: Any = None) -> IngestResult:
@@ -96,6 +106,8 @@ def ingest(settings: Settings, uri: str, *, client: Any = None) -> IngestResult:
         The lake cannot be written, or a raw copy does not verify.
     """
     lake = Lake(settings)
+    if client is None:
+        start_fork_server(settings, preload=WORKER_MODULES)  # its imports run while the upload is hashed
     try:
         up = raw.resolve_upload(lake, uri)
         return _ingest(settings, lake, up, client)
@@ -108,12 +120,46 @@ def ingest(settings: Settings, uri: str, *, client: Any = None) -> IngestResult:
 def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> IngestResult:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    sha = raw.sha256(lake, up)
-    dataset_id = sha[:16]
-    timings["hash"] = time.perf_counter() - t0
+    local_cluster = client is None and not settings.dask_address
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            # The local cluster boots (its workers fork from the server started in ingest()) and
+            # the conversion's modules load while the upload is hashed; hashlib and file reads
+            # release the GIL, so the hash runs beside them. A no-op ingest closes it unused.
+            from pipelines.dask_cluster import BackgroundClient
+
+            client = stack.enter_context(BackgroundClient(settings, preload=WORKER_MODULES)).get
+        threads = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="sclake-ingest-io"))
+        hashing = threads.submit(_timed, timings, "hash", raw.fingerprint, lake, up)
+        _load_conversion_modules()
+        fp = hashing.result()
+        if lake.is_published(PATHS.zarr(fp.dataset_id)):
+            return _already(lake, up, fp, t0)
+        return _convert_upload(settings, lake, up, client, local_cluster, fp, threads, timings, t0)
+
+
+def _load_conversion_modules() -> None:
+    """What the driver itself uses: zarr and h5py (anndata, pandas and scipy only run in tasks)."""
+    import pipelines.dataset  # noqa: F401
+    import pipelines.ingest.source  # noqa: F401
+    import pipelines.ingest.writer  # noqa: F401
+
+
+def _convert_upload(
+    settings: Settings,
+    lake: Lake,
+    up: raw.Upload,
+    client: Any,
+    local_cluster: bool,
+    fp: raw.Fingerprint,
+    threads: ThreadPoolExecutor,
+    timings: dict[str, float],
+    t0: float,
+) -> IngestResult:
+    from pipelines.ingest.source import inspect_source
+
+    dataset_id, sha = fp.dataset_id, fp.sha256
     zrel, raw_rel = PATHS.zarr(dataset_id), PATHS.raw(dataset_id)
-    if lake.is_published(zrel):
-        return _already(lake, up, dataset_id, sha, t0)
     url, opts = raw.read_location(lake, up)
     spec = inspect_source(url, opts)
     log.info(
@@ -129,32 +175,25 @@ def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> Inge
     # Workers read the upload itself when they can reach it (a lake object, or a local file
     # and a local cluster), so that the conversion runs while the raw copy is made and
     # verified; the store is committed only once the copy is verified.
-    local_cluster = client is None and not settings.dask_address
     read_upload = up.local is None or local_cluster
-    with contextlib.ExitStack() as stack:
-        if client is None:  # the local cluster boots meanwhile
-            from pipelines.dask_cluster import BackgroundClient
-
-            client = stack.enter_context(BackgroundClient(settings, preload=WORKER_MODULES)).get
-        copying = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="sclake-raw-copy"))
-        raw_copy = copying.submit(_timed, timings, "raw_copy", raw.store_raw, lake, up, dataset_id, sha)
-        if read_upload:
-            spec = replace(spec, url=url, storage_options=opts)
-        else:
+    raw_copy = threads.submit(_timed, timings, "raw_copy", raw.store_raw, lake, up, fp)
+    if read_upload:
+        spec = replace(spec, url=url, storage_options=opts)
+    else:
+        raw_copy.result()
+        spec = replace(spec, url=lake.url(raw_rel), storage_options=lake.storage_options)
+    t = time.perf_counter()
+    try:
+        n_parts = convert(settings, lake, spec, dataset_id, sha, client=client, before_commit=raw_copy.result)
+    except InputError:
+        with contextlib.suppress(Exception):
             raw_copy.result()
-            spec = replace(spec, url=lake.url(raw_rel), storage_options=lake.storage_options)
-        t = time.perf_counter()
-        try:
-            n_parts = convert(settings, lake, spec, dataset_id, sha, client=client, before_commit=raw_copy.result)
-        except InputError:
-            with contextlib.suppress(Exception):
-                raw_copy.result()
-            if up.rel != raw_rel:
-                lake.rm(raw_rel)  # a rejected file is no accepted original
-            lake.rm(PATHS.staging(zrel), recursive=True)
-            lake.rm(transpose_scratch(dataset_id), recursive=True)
-            raise
-        timings["convert"] = time.perf_counter() - t
+        if up.rel != raw_rel:
+            lake.rm(raw_rel)  # a rejected file is no accepted original
+        lake.rm(PATHS.staging(zrel), recursive=True)
+        lake.rm(transpose_scratch(dataset_id), recursive=True)
+        raise
+    timings["convert"] = time.perf_counter() - t
     raw.remove_upload(lake, up)
     result = IngestResult(
         dataset_id,
@@ -187,13 +226,14 @@ def _timed(timings: dict[str, float], name: str, func: Any, *args: Any) -> Any:
     return out
 
 
-def _already(lake: Lake, up: raw.Upload, dataset_id: str, sha: str, t0: float) -> IngestResult:
+def _already(lake: Lake, up: raw.Upload, fp: raw.Fingerprint, t0: float) -> IngestResult:
+    dataset_id, sha = fp.dataset_id, fp.sha256
     zrel, raw_rel = PATHS.zarr(dataset_id), PATHS.raw(dataset_id)
     info = lake.commit_info(zrel)
     if info.get("source_sha256") not in (None, sha):
         raise LakeError(f"dataset {dataset_id} was published from other bytes (SHA-256 {info['source_sha256']!r})")
-    if not lake.exists(raw_rel) or lake.size(raw_rel) != raw.size(lake, up):
-        raw.store_raw(lake, up, dataset_id, sha)  # the original went missing: restore it from the upload
+    if not lake.exists(raw_rel) or lake.size(raw_rel) != fp.size:
+        raw.store_raw(lake, up, fp)  # the original went missing: restore it from the upload
     raw.remove_upload(lake, up)
     log.info("%s is dataset %s, ingested before: nothing to do", up.uri, dataset_id)
     return IngestResult(
@@ -227,8 +267,8 @@ def convert(
     given, is called once every part is written, before the store is published (it may
     raise to prevent the publication).
     """
-    import anndata as ad
-    from anndata.io import write_elem
+    from pipelines.dataset import ENCODING_TYPE, ENCODING_VERSION, PARTS_GROUP, STATS_GROUP, open_store
+    from pipelines.ingest.writer import part_is_complete
 
     zrel = PATHS.zarr(dataset_id)
     parts = plan_parts(spec.n_obs, settings.part_cells)
@@ -258,23 +298,21 @@ def convert(
         stage_url = lake.url(stage)
         store = open_store(stage_url, lake.storage_options, read_only=False)
         root = _open_staged_root(store, plan)
-        with open_h5(spec.url, spec.storage_options) as f:
-            var = read_var(f, spec)
-        with ad.settings.override(auto_shard_zarr_v3=False):
-            write_elem(root, "var", var)
+        for name in (PARTS_GROUP, STATS_GROUP):  # created here: concurrent part tasks would race to create them
+            root.require_group(name)
         done = {i: rec for i, a, b in parts if (rec := part_is_complete(root, i, a, b))}
         todo = [p for p in parts if p[0] not in done]
         if done:
             log.info("resuming %s: %d of %d parts were converted before", dataset_id, len(done), len(parts))
-        if todo:
-            with contextlib.ExitStack() as stack:
-                if client is None:
-                    from pipelines.dask_cluster import dask_client
+        with contextlib.ExitStack() as stack:
+            if client is None:
+                from pipelines.dask_cluster import dask_client
 
-                    client = stack.enter_context(dask_client(settings, preload=WORKER_MODULES))
-                elif callable(client) and not hasattr(client, "submit"):
-                    client = client()  # a client still starting (BackgroundClient.get)
-                done.update(_run_parts(client, settings, lake, spec, dataset_id, stage_url, parts, todo))
+                client = stack.enter_context(dask_client(settings, preload=WORKER_MODULES))
+            elif callable(client) and not hasattr(client, "submit"):
+                client = client()  # a client still starting (BackgroundClient.get)
+            # The genes (var, at the root) are written by a task too: the driver never needs anndata.
+            done.update(_run_parts(client, settings, lake, spec, dataset_id, stage_url, parts, todo))
         records = [done[i] for i, _, _ in parts]
         root.attrs.put(_root_attrs(spec, dataset_id, sha, settings, records))
         if before_commit is not None:
@@ -307,6 +345,8 @@ def _run_parts(
 ) -> dict[int, dict[str, Any]]:
     from distributed import as_completed
 
+    from pipelines.ingest.convert import convert_part, write_var
+
     token = uuid.uuid4().hex[:8]  # task keys only; nothing on disk depends on it
     scratch_rel = transpose_scratch(dataset_id)
     scratch_url = None
@@ -334,6 +374,16 @@ def _run_parts(
         )
         for i, a, b in todo
     ]
+    var_task = client.submit(
+        _task,
+        write_var,
+        spec,
+        stage_url,
+        lake.storage_options,
+        key=f"sclake-ingest-{dataset_id}-{token}-var",
+        retries=1,
+        pure=False,
+    )
     records: dict[int, dict[str, Any]] = {}
     for fut in as_completed(futures, loop=client.loop):
         rec = _unwrap(fut.result())
@@ -348,6 +398,7 @@ def _run_parts(
             f"{rec['nnz']:,}",
             rec["seconds"],
         )
+    _unwrap(var_task.result())
     progress.finish()
     if scratch_url is not None:
         lake.rm(scratch_rel, recursive=True)
@@ -356,7 +407,11 @@ def _run_parts(
 
 def _transpose(client: Any, lake: Lake, spec: SourceSpec, scratch_url: str, parts: list, token: str) -> None:
     """First pass for CSC sources: column blocks bucketed by part into scratch files."""
+    import numpy as np
     from distributed import as_completed
+
+    from pipelines.ingest.convert import TRANSPOSE_BLOCK_VALUES, transpose_columns
+    from pipelines.ingest.source import open_h5
 
     with open_h5(spec.url, spec.storage_options) as f:
         indptr = f[spec.counts_key]["indptr"][...].astype(np.int64)
@@ -418,6 +473,8 @@ def _unwrap(out: dict[str, Any]) -> Any:
 def _root_attrs(
     spec: SourceSpec, dataset_id: str, sha: str, settings: Settings, records: list[dict[str, Any]]
 ) -> dict[str, Any]:
+    from pipelines.dataset import ENCODING_TYPE, ENCODING_VERSION
+
     return {
         "encoding-type": ENCODING_TYPE,
         "encoding-version": ENCODING_VERSION,

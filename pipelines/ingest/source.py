@@ -19,14 +19,16 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp
 
 from pipelines.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import scipy.sparse as sp
 
 COUNT_CANDIDATES = ("layers/counts", "layers/raw_counts", "raw/X", "X")
 GENE_ID_COLUMNS = ("ensembl_id", "gene_ids", "gene_id", "ensembl_ids", "feature_id", "gene_ensembl_id")
@@ -197,6 +199,51 @@ def gene_id_source(var: pd.DataFrame) -> str | None:
     return None
 
 
+def _string_values(elem: h5py.Group | h5py.Dataset) -> np.ndarray | None:
+    """A dataframe column's values when it holds strings (a string array, or a categorical of
+    strings), else ``None``; read with h5py alone."""
+    if isinstance(elem, h5py.Dataset):
+        if _encoding(elem) == "string-array" or h5py.check_string_dtype(elem.dtype) is not None:
+            return np.asarray(elem.asstr()[...], dtype=object)
+        return None
+    if _encoding(elem) == "nullable-string-array" and isinstance(elem.get("values"), h5py.Dataset):
+        return np.asarray(elem["values"].asstr()[...], dtype=object)
+    cats = elem.get("categories") if _encoding(elem) == "categorical" else None
+    if not isinstance(cats, h5py.Dataset) or h5py.check_string_dtype(cats.dtype) is None:
+        return None
+    codes = np.asarray(elem["codes"][...], dtype=np.int64)
+    values = np.asarray(cats.asstr()[...], dtype=object)
+    out = np.full(codes.shape, "", dtype=object)
+    known = codes >= 0
+    out[known] = values[codes[known]]
+    return out
+
+
+def gene_id_source_h5(f: h5py.File, var_key: str) -> str | None:
+    """:func:`gene_id_source` of the var at ``var_key``, reading only its string columns.
+
+    Inspecting an upload needs no anndata or pandas this way (they take seconds to
+    import, which the ingest spends starting its workers instead).
+    """
+    var = f[var_key]
+    if isinstance(var, h5py.Dataset) or _encoding(var) != "dataframe":  # legacy layouts: through anndata
+        from anndata.io import read_elem
+
+        return gene_id_source(read_elem(var))
+    idx_key = var.attrs.get("_index", "_index")
+    idx_key = idx_key.decode() if isinstance(idx_key, bytes) else idx_key
+    index = _string_values(var[idx_key])
+    if index is not None and _looks_ensembl(index):
+        return "index"
+    columns = [c.decode() if isinstance(c, bytes) else str(c) for c in var.attrs.get("column-order", [])]
+    others = [c for c in columns if c not in GENE_ID_COLUMNS]
+    for col in [c for c in GENE_ID_COLUMNS if c in columns] + others:
+        values = _string_values(var[col]) if col in var else None
+        if values is not None and _looks_ensembl(values):
+            return f"var/{col}"
+    return None
+
+
 def inspect_source(url: str, storage_options: dict[str, Any] | None = None) -> SourceSpec:
     """Check that ``url`` is an ``.h5ad`` with raw counts and describe it (cheap: no matrix read).
 
@@ -206,8 +253,6 @@ def inspect_source(url: str, storage_options: dict[str, Any] | None = None) -> S
         Not HDF5, truncated, no X, no raw counts anywhere, unsupported encoding, or
         matrix/obs/var lengths that disagree. The URI is added as a note.
     """
-    from anndata.io import read_elem
-
     try:
         with open_h5(url, storage_options) as f:
             if "X" not in f and "layers" not in f and "raw" not in f:
@@ -235,7 +280,6 @@ def inspect_source(url: str, storage_options: dict[str, Any] | None = None) -> S
                 if problem is not None:
                     problems.append(f"{key} holds a {problem}")
                     continue
-                var = read_elem(f[var_key])
                 nnz = int(f[key]["data"].shape[0]) if layout != "dense" else None
                 return SourceSpec(
                     url=url,
@@ -247,7 +291,7 @@ def inspect_source(url: str, storage_options: dict[str, Any] | None = None) -> S
                     n_vars=n_vars,
                     nnz=nnz,
                     var_key=var_key,
-                    gene_id_source=gene_id_source(var),
+                    gene_id_source=gene_id_source_h5(f, var_key),
                 )
             if not problems:
                 raise InputError("the file has no X (no count matrix)", HINT_COUNTS, code="no_matrix")
@@ -262,6 +306,8 @@ def inspect_source(url: str, storage_options: dict[str, Any] | None = None) -> S
 
 def read_csr_rows(f: h5py.File, spec: SourceSpec, start: int, stop: int) -> sp.csr_matrix:
     """Rows ``[start, stop)`` of a CSR or dense counts matrix as CSR (dtype kept)."""
+    import scipy.sparse as sp
+
     elem = f[spec.counts_key]
     if spec.layout == "dense":
         return sp.csr_matrix(np.asarray(elem[start:stop]))
@@ -282,6 +328,7 @@ def row_block_size(spec: SourceSpec, rows_hint: int) -> int:
 
 def _column_rows(elem: h5py.Group | h5py.Dataset, start: int, stop: int) -> Any:
     """Rows ``[start, stop)`` of one dataframe column in any anndata encoding."""
+    import pandas as pd
     from anndata.io import read_elem
 
     enc = _encoding(elem)
@@ -306,6 +353,7 @@ def _column_rows(elem: h5py.Group | h5py.Dataset, start: int, stop: int) -> Any:
 
 def read_obs_rows(f: h5py.File, start: int, stop: int) -> pd.DataFrame:
     """obs rows ``[start, stop)``, columns in anndata's encodings; the index as strings."""
+    import pandas as pd
     from anndata.io import read_elem
 
     obs = f["obs"]
@@ -331,6 +379,7 @@ def read_obs_rows(f: h5py.File, start: int, stop: int) -> pd.DataFrame:
 
 def read_var(f: h5py.File, spec: SourceSpec) -> pd.DataFrame:
     """The var matching the counts (``raw/var`` for ``raw/X``), index as strings."""
+    import pandas as pd
     from anndata.io import read_elem
 
     var = read_elem(f[spec.var_key])
