@@ -67,6 +67,21 @@ def convert_part(
     Returns the part record ``{"index", "start", "stop", "nnz", "negative", "non_integer",
     "max", "seconds"}``.
     """
+    info = _convert_part(spec, target_url, target_options, index, start, stop, shard_cells, scratch_url)
+    _release_memory()  # the part's buffers are garbage now
+    return info
+
+
+def _convert_part(
+    spec: SourceSpec,
+    target_url: str,
+    target_options: dict[str, Any],
+    index: int,
+    start: int,
+    stop: int,
+    shard_cells: int,
+    scratch_url: str | None,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     root = _open_root(target_url, target_options)
     with open_h5(spec.url, spec.storage_options) as f:
@@ -107,6 +122,30 @@ def convert_part(
         info = writer.finish(obs, var)
     info["seconds"] = time.perf_counter() - t0
     return info
+
+
+def _release_memory() -> None:
+    """Give the heap's free pages back to the OS (glibc ``malloc_trim``) once a part is done.
+
+    Workers run with glibc's default, adaptive allocation thresholds (see
+    ``pipelines.dask_cluster.WORKER_ENVIRON``): fast while a part is written, but the
+    heap keeps the high-water mark of every part a worker wrote. Trimming between parts
+    keeps a worker's resident memory at one part's working set whatever the file's size.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):  # not glibc: nothing to trim with
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
 
 
 def write_var(spec: SourceSpec, target_url: str, target_options: dict[str, Any]) -> int:
