@@ -54,7 +54,11 @@ class Settings(BaseSettings):
         default=None,
         description="Helical cache prefix (`CACHE_DIR_HELICAL_PREFIX`); empty: that variable, else `$SCLAKE_HOME`.",
     )
-    part_cells: int = Field(default=16384, ge=64, description="Cells per Zarr part (the unit of parallel work).")
+    part_cells: int = Field(
+        default=16384,
+        ge=64,
+        description="Most cells per Zarr part (the unit of parallel work); parts are of equal size.",
+    )
     shard_cells: int = Field(default=4096, ge=16, description="Cells per Zarr shard inside a part.")
     models: str = Field(
         default="gf-6L-10M-i2048",
