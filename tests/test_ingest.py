@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import scipy.sparse as sp
 
 from pipelines.dataset import open_dataset
 from pipelines.errors import InputError
-from pipelines.ingest import ingest
+from pipelines.ingest import ingest, plan_parts
 from pipelines.lake import PATHS, Lake
 from pipelines.sample import write_sample
 from pipelines.settings import Settings
@@ -126,6 +127,62 @@ def test_identity_raw_copy_and_incoming_removed(settings_file: Settings, client,
     assert not lake.ls("_staging", recursive=True) or all(
         not p.startswith("_staging/zarr") for p in lake.fs.find(lake.path("_staging"))
     )
+
+
+def test_raw_copy_is_checked_and_a_damaged_one_replaced(settings_file: Settings, tmp_path: Path) -> None:
+    from pipelines.ingest import raw
+
+    lake = Lake(settings_file)
+    path = write_sample(tmp_path / "r.h5ad", cells=40, genes=200, seed=12)
+    up = raw.resolve_upload(lake, str(path))
+    fp = raw.fingerprint(lake, up)
+    assert fp.sha256 == hashlib.sha256(path.read_bytes()).hexdigest() and fp.size == path.stat().st_size
+    rel = raw.store_raw(lake, up, fp)
+    assert rel == PATHS.raw(fp.dataset_id) and raw.raw_is_verified(lake, fp)
+    damaged = bytearray(lake.read_bytes(rel))
+    damaged[len(damaged) // 2] ^= 0xFF  # same size, one byte flipped
+    lake.write_bytes(rel, bytes(damaged))
+    assert not raw.raw_is_verified(lake, fp)
+    raw.store_raw(lake, up, fp)  # a copy that does not verify is made again
+    assert lake.read_bytes(rel) == path.read_bytes()
+
+
+def test_parts_are_of_equal_size_and_at_most_part_cells() -> None:
+    assert plan_parts(0, 64) == []
+    assert plan_parts(50_000, 16_384) == [(0, 0, 12_500), (1, 12_500, 25_000), (2, 25_000, 37_500), (3, 37_500, 50_000)]
+    for n_obs, part_cells in [(1, 64), (64, 64), (65, 64), (130, 64), (200_000, 16_384), (99_991, 7)]:
+        parts = plan_parts(n_obs, part_cells)
+        sizes = [b - a for _, a, b in parts]
+        assert len(parts) == -(-n_obs // part_cells) and max(sizes) <= part_cells and max(sizes) - min(sizes) <= 1
+        assert [i for i, _, _ in parts] == list(range(len(parts)))
+        assert parts[0][1] == 0 and parts[-1][2] == n_obs
+        assert all(parts[k][2] == parts[k + 1][1] for k in range(len(parts) - 1))
+
+
+ENSEMBL = [f"ENSG{i:011d}" for i in range(50)]
+SYMBOLS = [f"g{i}" for i in range(50)]
+
+
+@pytest.mark.parametrize(
+    "var",
+    [
+        pd.DataFrame(index=ENSEMBL),
+        pd.DataFrame({"gene_ids": ENSEMBL}, index=SYMBOLS),
+        pd.DataFrame({"ensembl_id": pd.Categorical(ENSEMBL)}, index=SYMBOLS),
+        pd.DataFrame({"other": ENSEMBL, "n": np.arange(50)}, index=SYMBOLS),
+        pd.DataFrame({"gene_ids": pd.array(ENSEMBL, dtype="string")}, index=SYMBOLS),
+        pd.DataFrame({"n": np.arange(50)}, index=SYMBOLS),
+    ],
+    ids=["index", "string-column", "categorical-column", "other-column", "nullable-string-column", "none"],
+)
+def test_gene_ids_are_found_with_h5py_as_with_the_dataframe(tmp_path: Path, var: pd.DataFrame) -> None:
+    from pipelines.ingest.source import gene_id_source, gene_id_source_h5
+
+    path = tmp_path / "v.h5ad"
+    with ad.settings.override(allow_write_nullable_strings=True):
+        ad.AnnData(X=sp.csr_matrix((3, len(var)), dtype=np.float32), var=var).write_h5ad(path)
+    with h5py.File(path, "r") as f:
+        assert gene_id_source_h5(f, "var") == gene_id_source(ad.read_h5ad(path).var)
 
 
 def test_same_bytes_again_is_a_no_op(settings_file: Settings, client, tmp_path: Path) -> None:
