@@ -185,6 +185,20 @@ def test_gene_ids_are_found_with_h5py_as_with_the_dataframe(tmp_path: Path, var:
         assert gene_id_source_h5(f, "var") == gene_id_source(ad.read_h5ad(path).var)
 
 
+def test_cluster_start_waits_for_the_hash_only_when_a_raw_copy_has_the_same_size(settings_file: Settings) -> None:
+    from pipelines.ingest import raw
+    from pipelines.ingest.run import _may_be_a_reupload
+
+    lake = Lake(settings_file)
+    lake.write_bytes("incoming/a.h5ad", b"x" * 100)
+    up = raw.resolve_upload(lake, "incoming/a.h5ad")
+    assert not _may_be_a_reupload(lake, up)  # no raw/ yet
+    lake.write_bytes(PATHS.raw("0123456789abcdef"), b"y" * 99)
+    assert not _may_be_a_reupload(lake, up)
+    lake.write_bytes(PATHS.raw("fedcba9876543210"), b"z" * 100)
+    assert _may_be_a_reupload(lake, up)
+
+
 def test_same_bytes_again_is_a_no_op(settings_file: Settings, client, tmp_path: Path) -> None:
     settings = small(settings_file)
     lake = Lake(settings)

@@ -122,20 +122,37 @@ def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> Inge
     timings: dict[str, float] = {}
     local_cluster = client is None and not settings.dask_address
     with contextlib.ExitStack() as stack:
-        if client is None:
-            # The local cluster boots (its workers fork from the server started in ingest()) and
-            # the conversion's modules load while the upload is hashed; hashlib and file reads
-            # release the GIL, so the hash runs beside them. A no-op ingest closes it unused.
+
+        def start_cluster() -> Any:
             from pipelines.dask_cluster import BackgroundClient
 
-            client = stack.enter_context(BackgroundClient(settings, preload=WORKER_MODULES)).get
+            return stack.enter_context(BackgroundClient(settings, preload=WORKER_MODULES)).get
+
+        if client is None and not _may_be_a_reupload(lake, up):
+            # The local cluster boots (its workers fork from the server started in ingest()) and
+            # the driver's modules load while the upload is hashed; hashlib and file reads
+            # release the GIL, so the hash runs beside them.
+            client = start_cluster()
         threads = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="sclake-ingest-io"))
         hashing = threads.submit(_timed, timings, "hash", raw.fingerprint, lake, up)
         _load_conversion_modules()
         fp = hashing.result()
         if lake.is_published(PATHS.zarr(fp.dataset_id)):
             return _already(lake, up, fp, t0)
+        if client is None:  # a raw copy had the upload's size, but other bytes
+            client = start_cluster()
         return _convert_upload(settings, lake, up, client, local_cluster, fp, threads, timings, t0)
+
+
+def _may_be_a_reupload(lake: Lake, up: raw.Upload) -> bool:
+    """Whether some ``raw/`` original has the upload's size: only then can its bytes have been
+    ingested before, and only then is the cluster's start left until the hash has said."""
+    try:
+        size = raw.size(lake, up)
+        entries = lake.fs.ls(lake.path(PATHS.raw_dir), detail=True)
+    except (FileNotFoundError, OSError):
+        return False
+    return any(e.get("type") == "file" and int(e.get("size") or -1) == size for e in entries)
 
 
 def _load_conversion_modules() -> None:
