@@ -90,7 +90,8 @@ def dask_client(settings: Settings, *, preload: Sequence[str] = ()) -> Iterator[
         finally:
             client.close()
         return
-    _forkserver_preload(_preload_list(preload))
+    _claim_mp_context()
+    start_fork_server(settings, preload=preload)
     # Spilling to disk would only hide a task that holds too much; the nanny restarts it instead.
     with dask.config.set(
         {
@@ -152,16 +153,14 @@ def _preload_list(preload: Sequence[str]) -> list[str]:
     return list(dict.fromkeys([*BASE_PRELOAD, *preload, "pipelines.fork_server"]))
 
 
-def _forkserver_preload(modules: list[str]) -> None:
-    """Modules the fork server imports before forking workers (set before it starts)."""
-    import multiprocessing
-
+def _claim_mp_context() -> None:
+    """Let distributed set its own fork-server preload list (it does so once, on first use), so
+    that the list :func:`start_fork_server` sets afterwards is the one the server starts with."""
     import dask
     from distributed.utils import get_mp_context
 
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-        get_mp_context()  # distributed sets its own list once; ours, set after, is the one used
-    multiprocessing.get_context("forkserver").set_forkserver_preload(list(dict.fromkeys(modules)))
+        get_mp_context()
 
 
 class BackgroundClient:

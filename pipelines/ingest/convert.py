@@ -67,21 +67,6 @@ def convert_part(
     Returns the part record ``{"index", "start", "stop", "nnz", "negative", "non_integer",
     "max", "seconds"}``.
     """
-    info = _convert_part(spec, target_url, target_options, index, start, stop, shard_cells, scratch_url)
-    _release_memory()  # the part's buffers are garbage now
-    return info
-
-
-def _convert_part(
-    spec: SourceSpec,
-    target_url: str,
-    target_options: dict[str, Any],
-    index: int,
-    start: int,
-    stop: int,
-    shard_cells: int,
-    scratch_url: str | None,
-) -> dict[str, Any]:
     t0 = time.perf_counter()
     root = _open_root(target_url, target_options)
     with open_h5(spec.url, spec.storage_options) as f:
@@ -124,12 +109,12 @@ def _convert_part(
     return info
 
 
-def _release_memory() -> None:
-    """Give the heap's free pages back to the OS (glibc ``malloc_trim``) once a part is done.
+def release_memory() -> None:
+    """Give the heap's free pages back to the OS (glibc ``malloc_trim``) once a task is done.
 
     Workers run with glibc's default, adaptive allocation thresholds (see
     ``pipelines.dask_cluster.WORKER_ENVIRON``): fast while a part is written, but the
-    heap keeps the high-water mark of every part a worker wrote. Trimming between parts
+    heap keeps the high-water mark of every part a worker wrote. Trimming between tasks
     keeps a worker's resident memory at one part's working set whatever the file's size.
     """
     global _LIBC

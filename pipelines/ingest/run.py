@@ -20,8 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pipelines import __version__
-from pipelines.dask_cluster import INGEST_MODULES as WORKER_MODULES
-from pipelines.dask_cluster import start_fork_server
+from pipelines.dask_cluster import INGEST_MODULES, start_fork_server
 from pipelines.errors import InputError, LakeError
 from pipelines.ingest import raw
 from pipelines.lake import PATHS, Lake
@@ -107,7 +106,7 @@ def ingest(settings: Settings, uri: str, *, client: Any = None) -> IngestResult:
     """
     lake = Lake(settings)
     if client is None:
-        start_fork_server(settings, preload=WORKER_MODULES)  # its imports run while the upload is hashed
+        start_fork_server(settings, preload=INGEST_MODULES)  # its imports run while the upload is hashed
     try:
         up = raw.resolve_upload(lake, uri)
         return _ingest(settings, lake, up, client)
@@ -126,7 +125,7 @@ def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> Inge
         def start_cluster() -> Any:
             from pipelines.dask_cluster import BackgroundClient
 
-            return stack.enter_context(BackgroundClient(settings, preload=WORKER_MODULES)).get
+            return stack.enter_context(BackgroundClient(settings, preload=INGEST_MODULES)).get
 
         if client is None and not _may_be_a_reupload(lake, up):
             # The local cluster boots (its workers fork from the server started in ingest()) and
@@ -150,7 +149,7 @@ def _may_be_a_reupload(lake: Lake, up: raw.Upload) -> bool:
     try:
         size = raw.size(lake, up)
         entries = lake.fs.ls(lake.path(PATHS.raw_dir), detail=True)
-    except (FileNotFoundError, OSError):
+    except OSError:  # FileNotFoundError included: no raw/ yet
         return False
     return any(e.get("type") == "file" and int(e.get("size") or -1) == size for e in entries)
 
@@ -325,7 +324,7 @@ def convert(
             if client is None:
                 from pipelines.dask_cluster import dask_client
 
-                client = stack.enter_context(dask_client(settings, preload=WORKER_MODULES))
+                client = stack.enter_context(dask_client(settings, preload=INGEST_MODULES))
             elif callable(client) and not hasattr(client, "submit"):
                 client = client()  # a client still starting (BackgroundClient.get)
             # The genes (var, at the root) are written by a task too: the driver never needs anndata.
@@ -367,7 +366,7 @@ def _run_parts(
     token = uuid.uuid4().hex[:8]  # task keys only; nothing on disk depends on it
     scratch_rel = transpose_scratch(dataset_id)
     scratch_url = None
-    if spec.layout == "csc":
+    if spec.layout == "csc" and todo:
         scratch_url = lake.url(scratch_rel)
         lake.rm(scratch_rel, recursive=True)
         _transpose(client, lake, spec, scratch_url, parts, token)
@@ -463,7 +462,11 @@ def _transpose(client: Any, lake: Lake, spec: SourceSpec, scratch_url: str, part
 
 
 def _task(func, *args, **kwargs) -> dict[str, Any]:
-    """Run a task; an ``InputError`` comes back as data (its reason, hint and code survive pickling)."""
+    """Run a task; an ``InputError`` comes back as data (its reason, hint and code survive pickling).
+
+    Afterwards, the task's buffers being garbage, the worker's heap is trimmed."""
+    from pipelines.ingest.convert import release_memory
+
     try:
         return {"ok": func(*args, **kwargs)}
     except InputError as e:
@@ -475,6 +478,8 @@ def _task(func, *args, **kwargs) -> dict[str, Any]:
                 "notes": list(getattr(e, "__notes__", [])),
             }
         }
+    finally:
+        release_memory()
 
 
 def _unwrap(out: dict[str, Any]) -> Any:

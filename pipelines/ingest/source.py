@@ -188,15 +188,24 @@ def _looks_ensembl(values: np.ndarray) -> bool:
     return hits >= ENSEMBL_SHARE * len(probe)
 
 
-def gene_id_source(var: pd.DataFrame) -> str | None:
-    """``"index"``, ``"var/<column>"`` or ``None``: where the Ensembl ids of ``var`` are."""
-    if _looks_ensembl(np.asarray(var.index, dtype=object)):
+def _find_gene_ids(index: np.ndarray | None, columns: list[str], values: Any) -> str | None:
+    """The index if it looks like Ensembl ids, else the first such column (``values(col)``
+    gives a column's values or ``None``), trying ``GENE_ID_COLUMNS`` first."""
+    if index is not None and _looks_ensembl(index):
         return "index"
-    others = [c for c in var.columns if c not in GENE_ID_COLUMNS]
-    for col in [c for c in GENE_ID_COLUMNS if c in var.columns] + others:
-        if _looks_ensembl(np.asarray(var[col].astype(object))):
+    others = [c for c in columns if c not in GENE_ID_COLUMNS]
+    for col in [c for c in GENE_ID_COLUMNS if c in columns] + others:
+        col_values = values(col)
+        if col_values is not None and _looks_ensembl(col_values):
             return f"var/{col}"
     return None
+
+
+def gene_id_source(var: pd.DataFrame) -> str | None:
+    """``"index"``, ``"var/<column>"`` or ``None``: where the Ensembl ids of ``var`` are."""
+    return _find_gene_ids(
+        np.asarray(var.index, dtype=object), list(var.columns), lambda c: np.asarray(var[c].astype(object))
+    )
 
 
 def _string_values(elem: h5py.Group | h5py.Dataset) -> np.ndarray | None:
@@ -232,16 +241,8 @@ def gene_id_source_h5(f: h5py.File, var_key: str) -> str | None:
         return gene_id_source(read_elem(var))
     idx_key = var.attrs.get("_index", "_index")
     idx_key = idx_key.decode() if isinstance(idx_key, bytes) else idx_key
-    index = _string_values(var[idx_key])
-    if index is not None and _looks_ensembl(index):
-        return "index"
     columns = [c.decode() if isinstance(c, bytes) else str(c) for c in var.attrs.get("column-order", [])]
-    others = [c for c in columns if c not in GENE_ID_COLUMNS]
-    for col in [c for c in GENE_ID_COLUMNS if c in columns] + others:
-        values = _string_values(var[col]) if col in var else None
-        if values is not None and _looks_ensembl(values):
-            return f"var/{col}"
-    return None
+    return _find_gene_ids(_string_values(var[idx_key]), columns, lambda c: _string_values(var[c]) if c in var else None)
 
 
 def inspect_source(url: str, storage_options: dict[str, Any] | None = None) -> SourceSpec:
