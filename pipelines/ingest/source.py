@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from pipelines.errors import InputError
+from pipelines.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,10 +35,8 @@ GENE_ID_COLUMNS = ("ensembl_id", "gene_ids", "gene_id", "ensembl_ids", "feature_
 ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 ENSEMBL_SHARE = 0.9  # share of values that must look like Ensembl ids
 SAMPLE_VALUES = 65_536  # values read per sample window by the counts check
-DENSE_BLOCK_BYTES = 64 * 1024 * 1024
-READ_BLOCK_BYTES = (
-    8 * 1024 * 1024
-)  # fsspec read-ahead block for remote sources  # a dense row read holds at most this much
+DENSE_BLOCK_BYTES = 64 * 1024 * 1024  # a dense row read holds at most this much
+READ_BLOCK_BYTES = 8 * 1024 * 1024  # read-ahead of remote sources: one request per 8 MiB read
 HINT_COUNTS = "upload an .h5ad with raw integer counts in X, layers['counts'] or raw.X"
 
 
@@ -70,7 +68,7 @@ def _open_error(e: OSError) -> Exception:
 
 @contextlib.contextmanager
 def open_h5(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[h5py.File]:
-    """Open a local path, ``file://`` URI or fsspec URL (``s3://…``) as a read-only ``h5py.File``.
+    """Open a local path, ``file://`` URI or ``s3://`` URL as a read-only ``h5py.File``.
 
     Raises ``InputError`` when the bytes are not a readable HDF5 file.
     """
@@ -83,10 +81,7 @@ def open_h5(url: str, storage_options: dict[str, Any] | None = None) -> Iterator
         with f:
             yield f
         return
-    from fsspec.core import url_to_fs
-
-    fs, path = url_to_fs(url, **(storage_options or {}))
-    fobj = fs.open(path, "rb", block_size=READ_BLOCK_BYTES)
+    fobj = _open_remote(url, storage_options or {})
     try:
         f = h5py.File(fobj, "r")
     except OSError as e:
@@ -94,6 +89,16 @@ def open_h5(url: str, storage_options: dict[str, Any] | None = None) -> Iterator
         raise _open_error(e) from e
     with fobj, f:
         yield f
+
+
+def _open_remote(url: str, storage_options: dict[str, Any]) -> Any:
+    """A file object over a remote source whose reads run in the calling thread (see
+    :mod:`pipelines.ingest.remote`: with fsspec's I/O thread, h5py can deadlock)."""
+    if url.startswith("s3://"):
+        from pipelines.ingest.remote import S3RangeFile
+
+        return S3RangeFile(url, storage_options, block_size=READ_BLOCK_BYTES)
+    raise ConfigError(f"{url!r}: only local paths, file:// and s3:// sources can be read")
 
 
 def _encoding(elem: h5py.Group | h5py.Dataset) -> str:

@@ -1,0 +1,180 @@
+"""Remote ``.h5ad`` sources read by h5py in the calling thread.
+
+h5py holds a process-wide lock while it calls a Python file object's ``readinto``, and
+takes the same lock to free any h5py object. An fsspec file answers ``readinto`` by
+handing the request to fsspec's I/O thread and waiting for it; should the garbage
+collector run on that thread (or on zarr's, which the writers use) and free an h5py
+object that sits in a reference cycle, that thread waits for the lock while the lock's
+holder waits for the thread, and the process hangs for good (h5py issue 2019).
+
+:class:`S3RangeFile` makes the reads with a synchronous botocore client in the thread
+that asks for them, so h5py never waits on another thread while it holds its lock. A
+read-ahead block keeps the many small metadata reads HDF5 makes to one request each.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import Any
+
+from pipelines.errors import ConfigError
+
+_lock = threading.Lock()
+_session: Any = None
+_clients: dict[str, Any] = {}
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``("bucket", "key")`` of an ``s3://bucket/key`` URL."""
+    rest = url[len("s3://") :] if url.startswith("s3://") else url
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key:
+        raise ConfigError(f"{url!r} is not an s3://bucket/key URL")
+    return bucket, key
+
+
+def s3_client(storage_options: dict[str, Any]) -> Any:
+    """A botocore S3 client for s3fs-style ``storage_options``; one per distinct options.
+
+    Understood: ``key``, ``secret``, ``token``, ``anon``, ``endpoint_url``, ``profile``,
+    ``client_kwargs`` (given to ``create_client``) and ``config_kwargs`` (a botocore
+    ``Config``), which is what :func:`pipelines.lake.s3_storage_options` writes. botocore
+    clients are thread-safe, so the processes' threads share them.
+    """
+    import json
+
+    token = json.dumps(storage_options, sort_keys=True, default=str)
+    with _lock:
+        client = _clients.get(token)
+        if client is None:
+            client = _clients[token] = _new_client(storage_options)
+    return client
+
+
+def _new_client(opts: dict[str, Any]) -> Any:
+    import botocore.session
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    global _session
+    if opts.get("profile"):
+        session = botocore.session.Session(profile=opts["profile"])
+    else:
+        if _session is None:
+            _session = botocore.session.get_session()
+        session = _session
+    config_kwargs = dict(opts.get("config_kwargs") or {})
+    config_kwargs.setdefault("retries", {"max_attempts": 5, "mode": "standard"})
+    if opts.get("anon"):
+        config_kwargs["signature_version"] = UNSIGNED
+    kwargs: dict[str, Any] = {"config": Config(**config_kwargs)}
+    if opts.get("endpoint_url"):
+        kwargs["endpoint_url"] = opts["endpoint_url"]
+    if opts.get("key"):
+        kwargs["aws_access_key_id"] = opts["key"]
+        kwargs["aws_secret_access_key"] = opts.get("secret") or ""
+        if opts.get("token"):
+            kwargs["aws_session_token"] = opts["token"]
+    kwargs.update(opts.get("client_kwargs") or {})
+    return session.create_client("s3", **kwargs)
+
+
+class S3RangeFile(io.RawIOBase):
+    """A read-only, seekable file over one S3 object, read with ranged GETs in the caller's thread.
+
+    ``block_size`` is the read-ahead: a read that misses the current block fetches the
+    requested bytes plus this much more in one request.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the object does not exist.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any], *, block_size: int) -> None:
+        from botocore.exceptions import ClientError
+
+        super().__init__()
+        self.url = url
+        self._bucket, self._key = split_s3_url(url)
+        self._client = s3_client(storage_options)
+        try:
+            head = self._client.head_object(Bucket=self._bucket, Key=self._key)
+        except ClientError as e:
+            if _status(e) == 404:
+                raise FileNotFoundError(f"no such object: {url}") from e
+            raise OSError(f"cannot read {url}: {e}") from e
+        self.size = int(head["ContentLength"])
+        self._etag = head.get("ETag")
+        self._block_size = block_size
+        self._pos = 0
+        self._buf = b""
+        self._buf_start = 0
+        self.requests = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self.size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise OSError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        n = min(len(view), max(self.size - self._pos, 0))
+        if n == 0:
+            return 0
+        start, stop = self._pos, self._pos + n
+        end = self._buf_start + len(self._buf)
+        if not (self._buf_start <= start and stop <= end):
+            self._buf = self._get(start, min(self.size, stop + self._block_size))
+            self._buf_start = start
+        offset = start - self._buf_start
+        view[:n] = self._buf[offset : offset + n]
+        self._pos = stop
+        return n
+
+    def _get(self, start: int, stop: int) -> bytes:
+        from botocore.exceptions import ClientError
+
+        kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": self._key, "Range": f"bytes={start}-{stop - 1}"}
+        if self._etag:
+            kwargs["IfMatch"] = self._etag  # the object must not change under the reader
+        try:
+            resp = self._client.get_object(**kwargs)
+            body = resp["Body"]
+            try:
+                data = body.read()
+            finally:
+                body.close()
+        except ClientError as e:
+            if _status(e) == 412:
+                raise OSError(f"{self.url} changed while it was being read") from e
+            raise OSError(f"cannot read {self.url} bytes {start}-{stop - 1}: {e}") from e
+        if self._etag and resp.get("ETag") not in (None, self._etag):  # servers that ignore If-Match
+            raise OSError(f"{self.url} changed while it was being read")
+        self.requests += 1
+        if len(data) != stop - start:
+            raise OSError(f"{self.url}: asked for bytes {start}-{stop - 1}, got {len(data)} bytes")
+        return data
+
+
+def _status(e: Any) -> int:
+    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
