@@ -147,7 +147,7 @@ class S3RangeFile(io.RawIOBase):
             self._buf = self._get(start, min(self.size, stop + self._block_size))
             self._buf_start = start
         offset = start - self._buf_start
-        view[:n] = self._buf[offset : offset + n]
+        view[:n] = memoryview(self._buf)[offset : offset + n]
         self._pos = stop
         return n
 
