@@ -38,6 +38,12 @@ from pipelines.errors import ConfigError, LakeError
 from pipelines.settings import Settings
 
 COMMIT_MARKER = "_SUCCESS"
+# S3's CopyObject copies up to 5 GiB in one request. s3fs switches to a multipart copy at
+# 150 MiB, whose UploadPartCopy answers some S3 servers (rclone's) send without the part's
+# ETag, so that s3fs fails; we use CopyObject up to its limit.
+COPY_OBJECT_LIMIT = 5 * 2**30
+STREAM_COPY_BLOCK = 64 * 2**20
+PUBLISH_COPIES = 16  # server-side copies in flight while a staged tree is published on S3
 STAGING = "_staging"
 DATASET_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -290,7 +296,36 @@ class Lake:
             self.fs.copy(self.path(src_rel), tmp)
             self._rename(tmp, self.path(dst_rel))
         else:
-            self.fs.copy(self.path(src_rel), self.path(dst_rel))
+            self.copy_object(self.path(src_rel), self.path(dst_rel))
+
+    def copy_object(self, src: str, dst: str, size: int | None = None) -> None:
+        """Copy one object between store paths (``bucket/key`` on S3, server-side).
+
+        On ``file://`` a plain copy. On S3, up to :data:`COPY_OBJECT_LIMIT`, one CopyObject
+        request. Beyond it, s3fs's multipart copy; where the server's part answers lack
+        ETags, the bytes are streamed through this process in multipart upload blocks.
+        """
+        if self.protocol == "file":
+            self.fs.copy(src, dst)
+            return
+        if size is None:
+            size = int(self.fs.info(src)["size"])
+        if size <= COPY_OBJECT_LIMIT:
+            src_bucket, src_key, _ = self.fs.split_path(src)
+            dst_bucket, dst_key, _ = self.fs.split_path(dst)
+            source = {"Bucket": src_bucket, "Key": src_key}
+            self.fs.call_s3("copy_object", Bucket=dst_bucket, Key=dst_key, CopySource=source)
+            self.fs.invalidate_cache(dst)
+            return
+        try:
+            self.fs.copy(src, dst)
+        except KeyError:  # s3fs read a part ETag the server did not send
+            with (
+                self.fs.open(src, "rb", block_size=STREAM_COPY_BLOCK) as r,
+                self.fs.open(dst, "wb", block_size=STREAM_COPY_BLOCK) as w,
+            ):
+                while block := r.read(STREAM_COPY_BLOCK):
+                    w.write(block)
 
     def rm(self, rel: str, *, recursive: bool = False) -> None:
         try:
@@ -352,14 +387,20 @@ class Lake:
             dst.parent.mkdir(parents=True, exist_ok=True)
             src.replace(dst)  # one rename: the whole tree appears at once
             return
-        # S3: copy every staged object into place, then write the marker last.
+        # S3: copy every staged object into place (several at a time), then write the marker last.
+        from concurrent.futures import ThreadPoolExecutor
+
         self.fs.invalidate_cache()
         src_root = self.path(stage)
-        for obj in self.fs.find(src_root):
-            tail = obj[len(src_root) + 1 :]
-            if tail == COMMIT_MARKER:
-                continue
-            self.fs.copy(obj, f"{self.path(final)}/{tail}")
+        objects = self.fs.find(src_root, detail=True)
+        copies = [
+            (obj, f"{self.path(final)}/{obj[len(src_root) + 1 :]}", int(entry.get("size") or 0))
+            for obj, entry in objects.items()
+            if obj[len(src_root) + 1 :] != COMMIT_MARKER
+        ]
+        with ThreadPoolExecutor(PUBLISH_COPIES, thread_name_prefix="sclake-publish") as pool:
+            for done in [pool.submit(self.copy_object, *copy) for copy in copies]:
+                done.result()
         self.write_bytes(f"{final}/{COMMIT_MARKER}", marker)
         self.rm(stage, recursive=True)
 

@@ -168,7 +168,7 @@ def store_raw(lake: Lake, up: Upload, fp: Fingerprint) -> str:
     elif up.rel is not None:
         lake.copy(up.rel, rel)
     else:
-        lake.fs.copy(up.fs_path, lake.path(rel))
+        lake.copy_object(up.fs_path, lake.path(rel), fp.size)
     if not raw_is_verified(lake, fp):
         lake.rm(rel)
         raise LakeError(f"the copy of {up.uri!r} at {lake.url(rel)!r} does not match the original (size or checksum)")
