@@ -1,0 +1,242 @@
+"""Benchmark: ingest from and into an S3 lake (``rclone serve s3`` over a local folder).
+
+The same synthetic sample as ``benchmarks/ingest.py`` (``sclake sample``) is uploaded to
+an S3 server started here. Two measurements, each alternating the two sides
+``--repeats`` times on the same server:
+
+* **Ingest**: ``sclake ingest s3://…/incoming/x.h5ad --json`` into an ``s3://`` lake (hash,
+  server-side raw copy and its verification, conversion by the local Dask cluster,
+  publish), against plain anndata reading the same object through s3fs
+  (``read_h5ad(fs.open(…))``) and writing Zarr v3 to the same server
+  (``write_zarr(FsspecStore)``). Whole commands, started fresh; wall seconds (median and
+  every run), cells/s and their ratio, peak RSS of each command's process tree.
+* **Reads**: the source's counts read in part-sized row blocks by h5py in this process,
+  through an s3fs file (fsspec's read-ahead, requests made by fsspec's I/O thread) and
+  through sclake's ``S3RangeFile`` (ranged GETs in the calling thread; see
+  ``docs/ingest.md``, "Remote sources and h5py's lock").
+
+The rclone server shares the machine's cores with the commands it serves, so these
+figures are lower than a separate object store would give. The result goes to
+``benchmarks/results/s3_ingest.json``.
+
+Usage::
+
+    .venv/bin/python benchmarks/s3_ingest.py [--cells 50000] [--genes 20000] [--repeats 3] [--workdir /tmp/sclake-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import Measured, gib, run_measured, write_result  # noqa: E402
+from benchmarks.ingest import make_sample  # noqa: E402
+
+BIN = Path(sys.executable).parent
+BUCKET = "lake"
+ANNDATA_CODE = """
+import sys, anndata as ad, s3fs, zarr
+from zarr.storage import FsspecStore
+endpoint, key, secret, src, dst = sys.argv[1:6]
+opts = dict(key=key, secret=secret, endpoint_url=endpoint,
+            config_kwargs={"request_checksum_calculation": "when_required",
+                           "response_checksum_validation": "when_required"})
+fs = s3fs.S3FileSystem(**opts)
+with fs.open(src, "rb", block_size=8 << 20) as f:
+    adata = ad.read_h5ad(f)
+ad.settings.zarr_write_format = 3
+adata.write_zarr(FsspecStore.from_url("s3://" + dst, storage_options=opts))
+"""
+
+
+class Server:
+    """``rclone serve s3`` over ``root`` with a random key pair, bucket ``lake`` created."""
+
+    def __init__(self, root: Path) -> None:
+        shutil.rmtree(root, ignore_errors=True)
+        (root / BUCKET).mkdir(parents=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.key, self.secret = "bench" + secrets.token_hex(6), secrets.token_hex(20)
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.root = root
+        self.proc = subprocess.Popen(
+            [str(BIN / "rclone"), "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}"]
+            + ["--auth-key", f"{self.key},{self.secret}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("rclone serve s3 did not start") from None
+                time.sleep(0.1)
+
+    def settings(self, prefix: str):
+        from pipelines.settings import Settings
+
+        return Settings(
+            home=self.root.parent / "s3-bench-home",
+            lake_uri=f"s3://{BUCKET}/{prefix}",
+            s3_endpoint_url=self.endpoint,
+            s3_access_key=self.key,
+            s3_secret_key=self.secret,
+            pushgateway_url=None,
+        )
+
+    def env(self, prefix: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCLAKE_")}
+        env.update(
+            SCLAKE_LAKE_URI=f"s3://{BUCKET}/{prefix}",
+            SCLAKE_HOME=str(self.root.parent / "s3-bench-home"),
+            SCLAKE_S3_ENDPOINT_URL=self.endpoint,
+            SCLAKE_S3_ACCESS_KEY=self.key,
+            SCLAKE_S3_SECRET_KEY=self.secret,
+        )
+        return env
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def run_sclake(server: Server, sample: Path, i: int) -> tuple[Measured, dict]:
+    from pipelines.lake import Lake
+
+    prefix = f"sclake-{i}"
+    lake = Lake(server.settings(prefix))
+    lake.put(sample, "incoming/x.h5ad")
+    os.sync()
+    m = run_measured([str(BIN / "sclake"), "ingest", lake.url("incoming/x.h5ad"), "--json"], env=server.env(prefix))
+    if m.returncode != 0:
+        raise SystemExit(f"sclake ingest failed:\n{m.stderr[-4000:]}")
+    shutil.rmtree(server.root / BUCKET / prefix, ignore_errors=True)
+    return m, json.loads(m.stdout).get("timings", {})  # sclake's own split: hash, raw_copy, convert
+
+
+def run_anndata(server: Server, sample: Path, i: int) -> tuple[Measured, dict]:
+    from pipelines.lake import Lake
+
+    prefix = f"anndata-{i}"
+    Lake(server.settings(prefix)).put(sample, "x.h5ad")
+    os.sync()
+    m = run_measured(
+        [sys.executable, "-c", ANNDATA_CODE, server.endpoint, server.key, server.secret]
+        + [f"{BUCKET}/{prefix}/x.h5ad", f"{BUCKET}/{prefix}/out.zarr"]
+    )
+    if m.returncode != 0:
+        raise SystemExit(f"anndata failed:\n{m.stderr[-4000:]}")
+    shutil.rmtree(server.root / BUCKET / prefix, ignore_errors=True)
+    return m, {}
+
+
+def reads(server: Server, sample: Path, repeats: int) -> dict:
+    """Seconds to read every row of the counts in part-sized blocks, per reader."""
+    import h5py
+    from fsspec.core import url_to_fs
+
+    from pipelines.ingest.remote import S3RangeFile
+    from pipelines.ingest.source import READ_BLOCK_BYTES, inspect_source, read_csr_rows
+    from pipelines.lake import Lake
+
+    lake = Lake(server.settings("reads"))
+    lake.put(sample, "x.h5ad")
+    url, opts = lake.url("x.h5ad"), lake.storage_options
+    spec = inspect_source(url, opts)
+    block = -(-spec.n_obs // 4)
+
+    def fsspec_file():
+        fs, path = url_to_fs(url, **opts)
+        return fs.open(path, "rb", block_size=READ_BLOCK_BYTES)
+
+    openers = {"fsspec": fsspec_file, "sclake": lambda: S3RangeFile(url, opts, block_size=READ_BLOCK_BYTES)}
+    seconds: dict[str, list[float]] = {name: [] for name in openers}
+    for _ in range(repeats):
+        for name, opener in openers.items():
+            t = time.perf_counter()
+            with opener() as fobj, h5py.File(fobj, "r") as f:
+                for a in range(0, spec.n_obs, block):
+                    read_csr_rows(f, spec, a, min(a + block, spec.n_obs))
+            seconds[name].append(round(time.perf_counter() - t, 2))
+    out = {
+        name: {
+            "seconds": statistics.median(s),
+            "seconds_runs": s,
+            "cells_per_second": round(spec.n_obs / statistics.median(s), 1),
+        }
+        for name, s in seconds.items()
+    }
+    out["speedup"] = round(out["fsspec"]["seconds"] / out["sclake"]["seconds"], 2)
+    return out
+
+
+def side(runs: list[tuple[Measured, dict]], cells: int) -> dict:
+    seconds = [m.seconds for m, _ in runs]
+    median = statistics.median(seconds)
+    return {
+        "seconds": round(median, 2),
+        "cells_per_second": round(cells / median, 1),
+        "seconds_runs": [round(x, 2) for x in seconds],
+        "peak_rss_tree_bytes": max(m.peak_rss_tree_bytes for m, _ in runs),
+        **({"timings_runs": [t for _, t in runs]} if any(t for _, t in runs) else {}),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cells", type=int, default=50_000)
+    p.add_argument("--genes", type=int, default=20_000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/sclake-bench"))
+    args = p.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    sample, _ = make_sample(args.workdir, args.cells, args.genes)
+    server = Server(args.workdir / "s3-bench")
+    try:
+        print(f"reading {sample.name} from {server.endpoint} ...", flush=True)
+        read_result = reads(server, sample, args.repeats)
+        print(json.dumps(read_result), flush=True)
+        runs: dict[str, list[tuple[Measured, dict]]] = {"sclake": [], "anndata": []}
+        for i in range(args.repeats):
+            for name, func in (("sclake", run_sclake), ("anndata", run_anndata)):
+                m, timings = func(server, sample, i)
+                runs[name].append((m, timings))
+                print(f"{name} run {i + 1}: {m.seconds:.2f} s, peak RSS {gib(m.peak_rss_tree_bytes)}", flush=True)
+    finally:
+        server.close()
+        shutil.rmtree(server.root, ignore_errors=True)
+    sclake, anndata = side(runs["sclake"], args.cells), side(runs["anndata"], args.cells)
+    result = {
+        "benchmark": "S3 lake on rclone serve s3: sclake ingest vs anndata read_h5ad(s3fs) + write_zarr(FsspecStore)",
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "file": {"name": sample.name, "bytes": sample.stat().st_size, "cells": args.cells, "genes": args.genes},
+        "repeats": args.repeats,
+        "ingest": {
+            "sclake": sclake,
+            "anndata": anndata,
+            "throughput_ratio": round(sclake["cells_per_second"] / anndata["cells_per_second"], 2),
+        },
+        "reads": read_result,
+    }
+    path = write_result("s3_ingest", result)
+    print(json.dumps(result["ingest"], indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
