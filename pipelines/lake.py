@@ -298,25 +298,30 @@ class Lake:
         else:
             self.copy_object(self.path(src_rel), self.path(dst_rel))
 
-    def copy_object(self, src: str, dst: str, size: int | None = None) -> None:
+    def copy_object(self, src: str, dst: str, size: int | None = None, *, if_match: str | None = None) -> str | None:
         """Copy one object between store paths (``bucket/key`` on S3, server-side).
 
         On ``file://`` a plain copy. On S3, up to :data:`COPY_OBJECT_LIMIT`, one CopyObject
-        request. Beyond it, s3fs's multipart copy; where the server's part answers lack
-        ETags, the bytes are streamed through this process in multipart upload blocks.
+        request (with ``if_match``, only if the source still has that ETag), which returns
+        the copy's ETag. Beyond it, s3fs's multipart copy; where the server's part answers
+        lack ETags, the bytes are streamed through this process in multipart upload blocks.
+        Returns the copy's ETag when the server gave one, else ``None``.
         """
         if self.protocol == "file":
             self.fs.copy(src, dst)
-            return
+            return None
         if size is None:
             size = int(self.fs.info(src)["size"])
         if size <= COPY_OBJECT_LIMIT:
             src_bucket, src_key, _ = self.fs.split_path(src)
             dst_bucket, dst_key, _ = self.fs.split_path(dst)
-            source = {"Bucket": src_bucket, "Key": src_key}
-            self.fs.call_s3("copy_object", Bucket=dst_bucket, Key=dst_key, CopySource=source)
+            kwargs: dict[str, Any] = {"CopySource": {"Bucket": src_bucket, "Key": src_key}}
+            if if_match:
+                kwargs["CopySourceIfMatch"] = if_match
+            answer = self.fs.call_s3("copy_object", Bucket=dst_bucket, Key=dst_key, **kwargs)
             self.fs.invalidate_cache(dst)
-            return
+            etag = (answer.get("CopyObjectResult") or {}).get("ETag")
+            return str(etag) if etag else None
         try:
             self.fs.copy(src, dst)
         except KeyError:  # s3fs read a part ETag the server did not send
@@ -326,6 +331,7 @@ class Lake:
             ):
                 while block := r.read(STREAM_COPY_BLOCK):
                     w.write(block)
+        return None
 
     def rm(self, rel: str, *, recursive: bool = False) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import anndata as ad
@@ -145,6 +146,51 @@ def test_raw_copy_is_checked_and_a_damaged_one_replaced(settings_file: Settings,
     assert not raw.raw_is_verified(lake, fp)
     raw.store_raw(lake, up, fp)  # a copy that does not verify is made again
     assert lake.read_bytes(rel) == path.read_bytes()
+
+
+@pytest.mark.integration
+def test_s3_raw_copy_is_checked_by_etag_and_read_back_otherwise(
+    settings_s3: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server-side copy whose ETag is the hashed upload's needs no read-back; any other is read back."""
+    from pipelines.ingest import raw
+
+    lake = Lake(settings_s3)
+    path = write_sample(tmp_path / "e.h5ad", cells=40, genes=200, seed=13)
+    lake.put(path, "incoming/e.h5ad")
+    up = raw.resolve_upload(lake, "incoming/e.h5ad")
+    fp = raw.fingerprint(lake, up)
+    assert fp.etag == f'"{hashlib.md5(path.read_bytes()).hexdigest()}"'  # noqa: S324 - S3's ETag
+    read_backs = []
+    stream = raw._stream_digests
+    monkeypatch.setattr(raw, "_stream_digests", lambda f, *, sha: read_backs.append(sha) or stream(f, sha=sha))
+    rel = raw.store_raw(lake, up, fp)
+    assert read_backs == [] and lake.read_bytes(rel) == path.read_bytes()
+    # Without an ETag to compare (an upload of several parts, say), the copy is read back.
+    lake.rm(rel)
+    raw.store_raw(lake, up, replace(fp, etag=None))
+    assert False in read_backs and lake.read_bytes(rel) == path.read_bytes()
+
+
+@pytest.mark.integration
+def test_s3_upload_replaced_during_the_hash_is_refused(settings_s3: Settings, tmp_path: Path, monkeypatch) -> None:
+    from pipelines.errors import LakeError
+    from pipelines.ingest import raw
+
+    lake = Lake(settings_s3)
+    first = write_sample(tmp_path / "a.h5ad", cells=40, genes=200, seed=14)
+    second = write_sample(tmp_path / "b.h5ad", cells=40, genes=200, seed=15)
+    lake.put(first, "incoming/a.h5ad")
+    up = raw.resolve_upload(lake, "incoming/a.h5ad")
+    stream = raw._stream_digests
+
+    def replaced_midway(f, *, sha):
+        lake.put(second, "incoming/a.h5ad")  # the user uploads again while the first is being read
+        return stream(f, sha=sha)
+
+    monkeypatch.setattr(raw, "_stream_digests", replaced_midway)
+    with pytest.raises(LakeError, match="was replaced while it was read"):
+        raw.fingerprint(lake, up)
 
 
 def test_parts_are_of_equal_size_and_at_most_part_cells() -> None:
