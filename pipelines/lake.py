@@ -43,7 +43,6 @@ COMMIT_MARKER = "_SUCCESS"
 # ETag, so that s3fs fails; we use CopyObject up to its limit.
 COPY_OBJECT_LIMIT = 5 * 2**30
 STREAM_COPY_BLOCK = 64 * 2**20
-PUBLISH_COPIES = 16  # server-side copies in flight while a staged tree is published on S3
 STAGING = "_staging"
 DATASET_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -393,20 +392,14 @@ class Lake:
             dst.parent.mkdir(parents=True, exist_ok=True)
             src.replace(dst)  # one rename: the whole tree appears at once
             return
-        # S3: copy every staged object into place (several at a time), then write the marker last.
-        from concurrent.futures import ThreadPoolExecutor
-
+        # S3: copy every staged object into place, one after the other (rclone's server fails
+        # concurrent writes that create files in one new folder), then write the marker last.
         self.fs.invalidate_cache()
         src_root = self.path(stage)
-        objects = self.fs.find(src_root, detail=True)
-        copies = [
-            (obj, f"{self.path(final)}/{obj[len(src_root) + 1 :]}", int(entry.get("size") or 0))
-            for obj, entry in objects.items()
-            if obj[len(src_root) + 1 :] != COMMIT_MARKER
-        ]
-        with ThreadPoolExecutor(PUBLISH_COPIES, thread_name_prefix="sclake-publish") as pool:
-            for done in [pool.submit(self.copy_object, *copy) for copy in copies]:
-                done.result()
+        for obj, entry in self.fs.find(src_root, detail=True).items():
+            tail = obj[len(src_root) + 1 :]
+            if tail != COMMIT_MARKER:
+                self.copy_object(obj, f"{self.path(final)}/{tail}", int(entry.get("size") or 0))
         self.write_bytes(f"{final}/{COMMIT_MARKER}", marker)
         self.rm(stage, recursive=True)
 

@@ -229,10 +229,10 @@ def _row_sums(data: np.ndarray, starts: np.ndarray, *, exact_in_float32: bool) -
 def write_tables(group: zarr.Group, elems: dict[str, Any]) -> None:
     """Write anndata elements (``{"obs": df, …}``) under ``group`` with anndata's encodings.
 
-    They are encoded into an in-memory store first and then stored in one concurrent batch:
-    written in place, every attribute anndata sets is its own round trip to the store
-    (about 85 for one obs and var), which cost a quarter of a part's time on a local disk
-    and more on S3.
+    They are encoded into an in-memory store first and then stored in one batch (concurrent
+    on a local disk, one object after the other on S3): written in place, every attribute
+    anndata sets is its own round trip to the store (about 85 for one obs and var), which
+    cost a quarter of a part's time on a local disk and more on S3.
     """
     import anndata as ad
     from anndata.io import write_elem
@@ -250,9 +250,17 @@ def write_tables(group: zarr.Group, elems: dict[str, Any]) -> None:
     async def copy() -> None:
         import asyncio
 
+        from zarr.storage import LocalStore
+
         proto = default_buffer_prototype()
         keys = [k async for k in mem.list() if k != "zarr.json"]  # the staging root itself stays behind
         values = await asyncio.gather(*(mem.get(k, prototype=proto) for k in keys))
-        await asyncio.gather(*(target.set(prefix + k, v) for k, v in zip(keys, values, strict=True)))
+        if isinstance(target, LocalStore):
+            await asyncio.gather(*(target.set(prefix + k, v) for k, v in zip(keys, values, strict=True)))
+            return
+        # One object at a time on S3: rclone's server fails concurrent PUTs that create files in
+        # one new folder ("Dir.Rename error"), and the client's retry of such a PUT can stall.
+        for k, v in zip(keys, values, strict=True):
+            await target.set(prefix + k, v)
 
     sync(copy())
