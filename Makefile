@@ -1,35 +1,54 @@
 # sclake: common tasks. `make demo` and `make test` are what a new machine runs.
 UV ?= uv
 export UV_LINK_MODE ?= copy
+# Targets run in the environment `make setup` made, as it is (a plain `uv run` would sync it
+# back to the lock's torch build).
+RUN = $(UV) run --frozen --no-sync
+
+# Which torch build `make setup` installs (docs/install.md):
+#   locked  the lock's: PyPI's torch, on Linux x86_64 a CUDA build with its CUDA runtime wheels
+#   cpu     the CPU build of the same version: TORCH_WHEELS/torch-<version>+cpu-*.whl when there,
+#           else from TORCH_INDEX_URL (PyTorch's CPU index, or a mirror of it)
+# Default: cpu when TORCH_WHEELS holds a CPU wheel of torch, else locked.
+TORCH_WHEELS ?= /opt/wheels
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+TORCH ?= $(if $(wildcard $(TORCH_WHEELS)/torch-*+cpu-*.whl),cpu,locked)
 
 .PHONY: setup demo test test-fast lint format bench clean
 
 setup:  ## create .venv from uv.lock (Python 3.11); installs uv first when it is missing
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet uv
+ifeq ($(TORCH),cpu)
+	$(UV) sync --frozen --compile-bytecode $$(python3 tools/torch_build.py no-install-args)
+	TORCH_WHEELS=$(TORCH_WHEELS) TORCH_INDEX_URL=$(TORCH_INDEX_URL) UV="$(UV)" tools/install-torch-cpu.sh .venv/bin/python
+else ifeq ($(TORCH),locked)
 	$(UV) sync --frozen --compile-bytecode
+else
+	$(error TORCH=$(TORCH) is not one of: locked, cpu)
+endif
 	@# Our own modules too: every step starts fresh Python processes (Dask workers, Airflow
 	@# tasks), and where PYTHONDONTWRITEBYTECODE is set they would recompile on each start.
-	$(UV) run --frozen --no-sync python -m compileall -q pipelines dags
+	$(RUN) python -m compileall -q pipelines dags
 
 demo: setup  ## the main job on the embedded stack
-	$(UV) run --frozen sclake demo
+	$(RUN) sclake demo
 
 test: setup  ## the whole test suite
-	$(UV) run --frozen pytest -q
+	$(RUN) pytest -q
 
 test-fast: setup  ## everything except tests marked slow
-	$(UV) run --frozen pytest -q -m "not slow"
+	$(RUN) pytest -q -m "not slow"
 
 lint:
-	$(UV) run --frozen ruff check .
-	$(UV) run --frozen ruff format --check .
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
 
 format:
-	$(UV) run --frozen ruff format .
-	$(UV) run --frozen ruff check --fix .
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
 
 clean:
-	-$(UV) run --frozen sclake stack down
+	-$(RUN) sclake stack down
 	rm -rf .sclake .pytest_cache
 
 # ---- the compose stack (docs/deployment.md) -------------------------------------------
