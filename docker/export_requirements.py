@@ -12,24 +12,28 @@ CPython 3.11 installs and writes one file per image:
     The project's dependencies and the ``deploy-services`` group (Postgres driver for
     the MLflow server, bokeh for the Dask dashboard), with the CPU build of torch.
 ``requirements-worker-gpu.txt``
-    The same set with the CUDA build of torch: the lock resolves Linux x86_64 to the
-    ``+cpu`` wheel (a local find-links folder), so the CUDA build of the *same* version
-    is taken from the lock's PyPI entry of torch, together with the CUDA runtime wheels
-    that entry depends on (their versions as locked).
+    The same set with the lock's torch: PyPI's CUDA build, together with the CUDA
+    runtime wheels it depends on (their versions as locked).
+
+The lock takes torch from PyPI, which on Linux x86_64 is the CUDA build. The CPU images
+pin ``torch==<locked version>+cpu`` instead (the wheel comes from ``TORCH_WHEELS`` or the
+PyTorch CPU index, see ``tools/wheelhouse.py``) and leave out the packages only the CUDA
+build needs (``tools/torch_build.py cuda-packages``).
 ``overrides.txt``
     ``[tool.uv] override-dependencies`` of ``pyproject.toml`` (Helical pins an older
     torch; the project overrides it), passed to ``uv pip install --override``.
 
 Run from the repository root::
 
-    uv run --frozen python docker/export_requirements.py          # write the files
-    uv run --frozen python docker/export_requirements.py --check  # exit 1 if a committed file is stale
+    uv run --frozen --no-sync python docker/export_requirements.py          # write the files
+    uv run --frozen --no-sync python docker/export_requirements.py --check  # exit 1 if a committed file is stale
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.util
 import subprocess
 import sys
 import tomllib
@@ -141,24 +145,40 @@ def _resolve(by_name: dict[str, list[dict]], dep: dict) -> dict:
     return candidates[0]
 
 
-def torch_entry(lock: dict, build: str) -> dict:
-    """The lock's torch entry for a build: ``cpu`` (local version ``+cpu``) or ``cuda`` (PyPI, no local version)."""
-    entries = [p for p in lock["package"] if p["name"] == "torch"]
-    if build == "cpu":
-        found = [p for p in entries if p["version"].endswith("+cpu")]
-    elif build == "cuda":
-        found = [p for p in entries if "+" not in p["version"] and "pypi.org" in _source_key(p["source"])]
-    else:
-        raise ValueError(f"torch build {build!r} is not one of 'cpu', 'cuda'")
+def _torch_build_module():
+    """``tools/torch_build.py`` (standard library only), which knows torch's CUDA-only packages."""
+    spec = importlib.util.spec_from_file_location("torch_build", ROOT / "tools" / "torch_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def torch_entry(lock: dict) -> dict:
+    """The lock's torch entry (PyPI's; on Linux x86_64 the CUDA build)."""
+    found = [p for p in lock["package"] if p["name"] == "torch"]
     if len(found) != 1:
-        raise SystemExit(f"uv.lock has {len(found)} torch entries for the {build} build; expected one")
+        raise SystemExit(f"uv.lock has {len(found)} torch entries; expected one")
     return found[0]
 
 
-def torch_closure(lock: dict, build: str) -> dict[str, str]:
-    """torch of the given build and everything it needs on the target platform, as locked."""
+def torch_closure(lock: dict, build: str, root: Path = ROOT) -> dict[str, str]:
+    """torch of the given build (``cpu`` or ``cuda``) and everything it needs on the target platform, as locked.
+
+    ``cuda`` is the lock's torch with its CUDA runtime wheels; ``cpu`` is the ``+cpu`` build of
+    the same version without the packages only the CUDA build needs.
+    """
+    if build not in ("cpu", "cuda"):
+        raise ValueError(f"torch build {build!r} is not one of 'cpu', 'cuda'")
+    pins = _closure(lock, torch_entry(lock))
+    if build == "cpu":
+        cuda_only = set(_torch_build_module().cuda_packages(root / "uv.lock")) - {"torch"}
+        pins = {name: version for name, version in pins.items() if name not in cuda_only}
+        pins["torch"] = f"{pins['torch']}+cpu"
+    return pins
+
+
+def _closure(lock: dict, root: dict) -> dict[str, str]:
     by_name = _packages(lock)
-    root = torch_entry(lock, build)
     pins: dict[str, str] = {}
     todo = [root]
     while todo:
@@ -183,7 +203,7 @@ def torch_closure(lock: dict, build: str) -> dict[str, str]:
 
 def image_pins(image: Image, lock: dict, root: Path = ROOT) -> dict[str, str]:
     pins = uv_export(image.groups, root)
-    for name, version in torch_closure(lock, image.torch).items():
+    for name, version in torch_closure(lock, image.torch, root).items():
         if pins.setdefault(name, version) != version:
             raise SystemExit(f"{name}: the lock pins {pins[name]} for the project and {version} for torch")
     return dict(sorted(pins.items()))
@@ -192,9 +212,9 @@ def image_pins(image: Image, lock: dict, root: Path = ROOT) -> dict[str, str]:
 def render(image: Image, pins: dict[str, str]) -> str:
     torch = pins["torch"]
     source = (
-        "the PyTorch CPU index (https://download.pytorch.org/whl/cpu)"
+        "TORCH_WHEELS or the PyTorch CPU index (the CPU build of the locked version)"
         if image.torch == "cpu"
-        else "PyPI (the CUDA build, same version as the lock's +cpu wheel)"
+        else "PyPI (the lock's CUDA build)"
     )
     head = [
         f"# Pinned requirements of {image.purpose}.",
@@ -241,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(content)
             print(f"wrote {path.relative_to(ROOT)}")
     if stale:
-        fix = "uv run --frozen python docker/export_requirements.py"
+        fix = "uv run --frozen --no-sync python docker/export_requirements.py"
         print(f"{stale} file(s) disagree with uv.lock: run `{fix}`", file=sys.stderr)
         return 1
     return 0
