@@ -9,13 +9,17 @@ from __future__ import annotations
 import atexit
 import gc
 import importlib
-import logging
 import sys
+import traceback
 
-import click
 import typer
 
 from pipelines.errors import SclakeError
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # older typer runs on click itself
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # type: ignore[no-redef]
 
 COMMAND_MODULES = (
     "stack",
@@ -60,30 +64,80 @@ for _name in COMMAND_MODULES:
     _module.register(app)
 
 
+ROOT_FLAGS_VERBOSE = ("-v", "--verbose")
+
+
+def _verbose(argv: list[str]) -> bool:
+    """Whether the root option ``-v``/``--verbose`` comes before the command name.
+
+    Read from the arguments, not from the root callback: a usage error in the command name
+    is raised before the callback runs.
+    """
+    for arg in argv:
+        if not arg.startswith("-"):
+            return False
+        if arg in ROOT_FLAGS_VERBOSE:
+            return True
+    return False
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _show_usage_error(e: UsageError) -> None:
+    """Click's usage line and hint, then the error; for a group, also the commands it has."""
+    e.show()
+    ctx = e.ctx
+    group = ctx.command if ctx is not None else None
+    if ctx is not None and hasattr(group, "list_commands") and not isinstance(e, NoArgsIsHelpError):
+        names = [n for n in group.list_commands(ctx) if not getattr(group.get_command(ctx, n), "hidden", False)]
+        if names:
+            print(f"Commands: {', '.join(names)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; a failure prints one line ``sclake: error: <reason>`` and exits non-zero."""
+    """Run the CLI and return its exit status.
+
+    0 on success; 2 for a usage error (an unknown command, a bad option value, a missing
+    argument), printed with the usage line and what is accepted; 1 for any other failure,
+    printed as one line ``sclake: error: <reason>``; 130 when interrupted. With ``-v`` the
+    traceback of any failure is printed first.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = _verbose(args)
+
+    def traceback_if_verbose(e: BaseException) -> None:
+        if verbose:
+            traceback.print_exception(e, file=sys.stderr)
+
     try:
-        rv = app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as e:
+        rv = app(args=args, prog_name="sclake", standalone_mode=False)
+    except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
-        print("sclake: aborted", file=sys.stderr)
+    except (typer.Abort, KeyboardInterrupt) as e:
+        traceback_if_verbose(e)
+        print("sclake: interrupted" if isinstance(e, KeyboardInterrupt) else "sclake: aborted", file=sys.stderr)
         return 130
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
+    except UsageError as e:
+        traceback_if_verbose(e)
+        _show_usage_error(e)
+        return 2
+    except ClickException as e:
+        traceback_if_verbose(e)
+        print(f"sclake: error: {_one_line(e.format_message())}", file=sys.stderr)
+        return 1
     except SclakeError as e:
-        print(f"sclake: error: {e}", file=sys.stderr)
+        traceback_if_verbose(e)
+        print(f"sclake: error: {_one_line(str(e))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("sclake: interrupted", file=sys.stderr)
-        return 130
     except Exception as e:  # noqa: BLE001 - the entry point turns any failure into one line
-        logging.getLogger("sclake").debug("unhandled error", exc_info=True)
+        traceback_if_verbose(e)
         reason = str(e).splitlines()[0] if str(e) else ""
-        print(f"sclake: error: {type(e).__name__}: {reason} (run with -v for the traceback)", file=sys.stderr)
+        hint = "" if verbose else " (run with -v for the traceback)"
+        print(f"sclake: error: {type(e).__name__}: {reason}{hint}", file=sys.stderr)
         return 1
-    # Without standalone mode click returns the exit code of `typer.Exit(n)` instead of raising.
+    # Without standalone mode a command's `typer.Exit(n)` comes back as the return value.
     return rv if isinstance(rv, int) else 0
 
 
