@@ -358,6 +358,7 @@ def write_sample(
     obs_index: Literal["names", "integer"] = "names",
     block_cells: int = BLOCK_CELLS,
     compression: bool = False,
+    parents: bool = True,
 ) -> Path:
     """Write a synthetic raw-count ``.h5ad`` and return its path.
 
@@ -385,6 +386,9 @@ def write_sample(
         Rows generated and written at a time by the streamed writer.
     compression
         gzip level 1 on the streamed count arrays (default: none, as ``write_h5ad``).
+    parents
+        Create the output's missing parent folders (default); with ``False`` a missing
+        folder raises ``FileNotFoundError`` naming it.
     """
     _check_choice("layout", layout, LAYOUTS)
     _check_choice("counts_in", counts_in, COUNTS_IN)
@@ -393,7 +397,10 @@ def write_sample(
     if cells < 1:
         raise ValueError(f"cells={cells!r} must be >= 1")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {str(path.parent)!r} does not exist")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     model = build_model(genes, rng)
     types, donors = draw_obs(model, cells, rng)

@@ -134,3 +134,26 @@ def test_cli_writes_a_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert str(out) in capsys.readouterr().out
     assert ad.read_h5ad(out).shape == (80, 1200)
     assert main(["sample", str(out), "--layout", "coo"]) != 0
+
+
+def test_cli_refuses_a_missing_folder_unless_parents(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no" / "such"
+    capsys.readouterr()
+    assert main(["sample", str(missing / "x.h5ad"), "--cells", "20", "--genes", "300"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sclake: error: folder ") and "--parents" in err
+    assert str(missing) in err
+    assert not (tmp_path / "no").exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert main(["sample", str(a_file / "x.h5ad"), "--cells", "20", "--genes", "300"]) == 1
+    assert "is not a folder" in capsys.readouterr().err
+    out = missing / "x.h5ad"
+    assert main(["sample", str(out), "--cells", "20", "--genes", "300", "--parents"]) == 0
+    assert ad.read_h5ad(out).shape == (20, 300)
+
+
+def test_write_sample_without_parents_names_the_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_sample(tmp_path / "none" / "x.h5ad", cells=5, genes=100, parents=False)
+    assert not (tmp_path / "none").exists()

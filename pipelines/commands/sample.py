@@ -21,10 +21,15 @@ def register(app: typer.Typer) -> None:
             "index", "--var-ids", help="Ensembl ids in the var index, or in a var column: ensembl_id, gene_ids."
         ),
         compress: bool = typer.Option(False, "--compress", help="gzip the count arrays."),
+        parents: bool = typer.Option(False, "--parents", help="Create the output's missing parent folders."),
     ) -> None:
         """Write a synthetic raw-count .h5ad (cell types, donors, batches; Ensembl gene ids)."""
+        from pipelines.errors import SclakeError
         from pipelines.sample import write_sample
 
+        if not parents and not path.parent.is_dir():
+            what = "is not a folder" if path.parent.exists() else "does not exist"
+            raise SclakeError(f"folder {str(path.parent)!r} {what}; create it first, or pass --parents")
         try:
             out = write_sample(
                 path,
@@ -35,6 +40,7 @@ def register(app: typer.Typer) -> None:
                 counts_in=counts_in,  # type: ignore[arg-type]
                 var_ids=var_ids,  # type: ignore[arg-type]
                 compression=compress,
+                parents=parents,
             )
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e
