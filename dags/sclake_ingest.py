@@ -24,6 +24,7 @@ from pipelines.orchestration.dagkit import (
     DEFAULT_ARGS,
     TRANSIENT_RETRIES,
     as_manifest,
+    configured_models,
     container_step,
     execution_mode,
     mapped_item,
@@ -84,17 +85,22 @@ def sclake_ingest() -> None:
             publish(validate(ingest(key)))
 
     else:
+        # Container limits of ingestion and validation: the default model's resource profile.
+        model = configured_models()[0]
 
         @task_group
         def process_upload(key: str) -> None:
             ing = container_step(
                 "ingest",
                 step_command("ingest_upload", key=mapped_item("wait_for_uploads")),
+                model=model,
                 pool="sclake_ingest",
                 **TRANSIENT_RETRIES,
             )
             val = container_step(
-                "validate", step_command("validate_upload", manifest=upstream_manifest("process_upload.ingest"))
+                "validate",
+                step_command("validate_upload", manifest=upstream_manifest("process_upload.ingest")),
+                model=model,
             )
             ing >> val
             publish(val.output)

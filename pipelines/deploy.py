@@ -10,6 +10,7 @@ against (``tests/test_compose.py``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -106,7 +107,11 @@ def step_private_environment(settings: Settings) -> dict[str, str]:
 
 
 def docker_operator_kwargs(settings: Settings, gpus: int = 0) -> dict[str, Any]:
-    """Keyword arguments of a ``DockerOperator`` that runs a step in the compose stack.
+    """Keyword arguments of a ``DockerOperator`` that runs a step in the worker image.
+
+    ``settings.docker_stack`` picks the layout: :func:`compose_step_layout` (the compose
+    stack's socket proxy, network and named volumes) or :func:`embedded_step_layout` (the
+    local engine next to the embedded stack).
 
     Parameters
     ----------
@@ -123,23 +128,97 @@ def docker_operator_kwargs(settings: Settings, gpus: int = 0) -> dict[str, Any]:
     dict
         ``image``, ``docker_url``, ``network_mode``, ``mounts``, ``device_requests``,
         ``environment``, ``private_environment``, ``mount_tmp_dir`` (off: the Airflow
-        worker's temporary folder does not exist on the Docker host) and ``auto_remove``.
+        worker's temporary folder need not exist on the Docker host), ``auto_remove``
+        (``force``: the container is removed whatever happened) and, in the embedded
+        layout, ``user``.
     """
     if gpus < 0:
         raise ValueError(f"gpus={gpus!r} must be 0 or more")
-    from docker.types import DeviceRequest, Mount
+    from docker.types import DeviceRequest
 
+    layout = (
+        compose_step_layout(settings, gpus)
+        if settings.docker_stack == "compose"
+        else embedded_step_layout(settings, gpus)
+    )
     return {
         "image": settings.worker_image,
-        "docker_url": DOCKER_URL,
-        "network_mode": NETWORK,
-        "mounts": [Mount(target=path, source=volume, type="volume") for volume, path in STEP_MOUNTS],
         "device_requests": [DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None,
-        "environment": step_environment(settings, gpus),
         "private_environment": step_private_environment(settings),
         "mount_tmp_dir": False,
-        "auto_remove": "success",
+        "auto_remove": "force",
+        **layout,
     }
+
+
+def compose_step_layout(settings: Settings, gpus: int = 0) -> dict[str, Any]:
+    """Docker API, network, volumes and environment of a step container in the compose stack."""
+    from docker.types import Mount
+
+    return {
+        "docker_url": settings.docker_url or DOCKER_URL,
+        "network_mode": NETWORK,
+        "mounts": [Mount(target=path, source=volume, type="volume") for volume, path in STEP_MOUNTS],
+        "environment": step_environment(settings, gpus),
+    }
+
+
+def embedded_step_layout(settings: Settings, gpus: int = 0) -> dict[str, Any]:
+    """Docker API, network, mounts and environment of a step container beside the embedded stack.
+
+    - The host's network: the embedded services listen on ``SCLAKE_STACK_HOST`` (loopback by
+      default), which a container on a bridge network cannot reach.
+    - The model cache is bind-mounted read-only at the same path, so model paths in lineage
+      are the host's; a ``file://`` lake (and a local MLflow store) is bind-mounted read-write.
+    - The container runs as the calling user, so that what it writes on bind mounts is theirs.
+    - GPU claims use ``SCLAKE_HOME/gpu-locks`` (shared by every step container on the host).
+    """
+    import os
+
+    from docker.types import Mount
+
+    models = settings.helical_prefix()
+    mounts = [Mount(target=str(models), source=str(models), type="bind", read_only=True)]
+    for folder in _writable_folders(settings):
+        mounts.append(Mount(target=str(folder), source=str(folder), type="bind"))
+    env = step_environment(settings, gpus)
+    env.update(
+        SCLAKE_MODELS_DIR=str(models),
+        CACHE_DIR_HELICAL_PREFIX=str(models),
+        SCLAKE_HOME="/tmp/sclake-home",  # scratch of one step: nothing in it outlives the container
+    )
+    if gpus:
+        locks = settings.home.resolve() / "gpu-locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        mounts.append(Mount(target=GPU_LOCK_PATH, source=str(locks), type="bind"))
+    return {
+        "docker_url": settings.docker_url or os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock",
+        "network_mode": "host",
+        "mounts": mounts,
+        "environment": env,
+        "user": f"{os.getuid()}:{os.getgid()}",
+    }
+
+
+def _writable_folders(settings: Settings) -> list[Path]:
+    """Host folders a step writes to: a ``file://`` lake and a local MLflow store (SQLite or files)."""
+    from urllib.parse import urlparse
+
+    folders: list[Path] = []
+    lake = urlparse(settings.lake_uri)
+    if lake.scheme == "file":
+        folders.append(Path(lake.path))
+    tracking = settings.mlflow_tracking_uri or ""
+    if tracking.startswith("sqlite:///"):
+        folders.append(Path(tracking.removeprefix("sqlite:///")).parent)
+    elif tracking.startswith("file://"):
+        folders.append(Path(urlparse(tracking).path))
+    out: list[Path] = []
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not any(folder.is_relative_to(o) for o in out):
+            out = [o for o in out if not o.is_relative_to(folder)] + [folder]
+    return out
 
 
 def airflow_pools(settings: Settings, gpus: int) -> dict[str, dict[str, Any]]:

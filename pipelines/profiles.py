@@ -16,6 +16,7 @@ Example
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +28,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pipelines.errors import ConfigError
 
 PROFILES_FILE = Path(__file__).with_name("config") / "profiles.yaml"
+PROFILES_ENV = "SCLAKE_PROFILES"  # path of a site's own profiles file, replacing the packaged one
 ENCODING_TYPE = "sclake.resource-profiles"
 ENCODING_VERSION = "1"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -188,8 +190,14 @@ class Profile(_Strict):
         return dict(self.dask_resources) if device_kind(device) == "gpu" else {}
 
 
+def profiles_path() -> Path:
+    """The profiles in force: ``SCLAKE_PROFILES`` (a site's own YAML file) or the packaged file."""
+    env = os.environ.get(PROFILES_ENV)
+    return Path(env) if env else PROFILES_FILE
+
+
 def _profiles_text(path: Path | None) -> tuple[str, str]:
-    path = Path(path) if path is not None else PROFILES_FILE
+    path = Path(path) if path is not None else profiles_path()
     try:
         return path.read_text(), str(path)
     except OSError as e:
@@ -231,9 +239,13 @@ def parse_profiles(text: str, source: str = "<profiles>") -> dict[str, Profile]:
     return out
 
 
-@lru_cache(maxsize=4)
 def load_profiles(path: Path | None = None) -> dict[str, Profile]:
-    """Every profile by model name, from ``path`` or the packaged ``pipelines/config/profiles.yaml``."""
+    """Every profile by model name: from ``path``, else ``SCLAKE_PROFILES``, else the packaged file."""
+    return _load_profiles(Path(path) if path is not None else profiles_path())
+
+
+@lru_cache(maxsize=4)
+def _load_profiles(path: Path) -> dict[str, Profile]:
     text, source = _profiles_text(path)
     return parse_profiles(text, source)
 

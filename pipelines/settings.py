@@ -67,7 +67,20 @@ class Settings(BaseSettings):
     execution_mode: Literal["local", "docker", "kubernetes"] = Field(
         default="local", description="How Airflow runs the steps: in its worker, in the worker image, or as pods."
     )
-    worker_image: str = Field(default="sclake-worker:latest", description="Image for docker/kubernetes modes.")
+    worker_image: str = Field(
+        default="sclake-worker:0.1.0-cpu", description="Image the docker/kubernetes modes run steps in (`make images`)."
+    )
+    docker_stack: Literal["embedded", "compose"] = Field(
+        default="embedded",
+        description=(
+            "Where docker-mode steps run: `embedded` (the local Docker engine, host network, the models and a"
+            " file:// lake bind-mounted) or `compose` (the compose stack's socket proxy, network and volumes)."
+        ),
+    )
+    docker_url: str | None = Field(
+        default=None,
+        description="Docker API for docker-mode steps; empty: DOCKER_HOST, else the local socket (compose: the proxy).",
+    )
     stack_host: str = Field(default="127.0.0.1", description="Interface the embedded services bind to.")
     stack_s3_port: int = Field(default=9000, description="Port of the embedded S3 server.")
     stack_mlflow_port: int = Field(default=5000, description="Port of the embedded MLflow server.")

@@ -513,7 +513,12 @@ def test_docker_operator_kwargs_build_a_real_operator(settings_file) -> None:
     from airflow.providers.docker.operators.docker import DockerOperator
 
     settings = settings_file.model_copy(
-        update={"worker_image": deploy.WORKER_CUDA_IMAGE, "s3_access_key": "ak", "s3_secret_key": "sk"}
+        update={
+            "worker_image": deploy.WORKER_CUDA_IMAGE,
+            "s3_access_key": "ak",
+            "s3_secret_key": "sk",
+            "docker_stack": "compose",
+        }
     )
     kwargs = deploy.docker_operator_kwargs(settings, gpus=1)
     op = DockerOperator(task_id="embed", command=["sclake", "step", "embed"], **kwargs)
@@ -567,6 +572,7 @@ def test_dags_in_docker_mode_match_the_compose_services(tmp_path: Path, resolved
         PYTHONPATH=str(ROOT),
         SCLAKE_HOME=str(tmp_path / "home"),
         SCLAKE_EXECUTION_MODE="docker",
+        SCLAKE_DOCKER_STACK="compose",
         SCLAKE_WORKER_IMAGE=deploy.WORKER_CUDA_IMAGE,
         SCLAKE_LAKE_URI="s3://lake",
         SCLAKE_S3_ENDPOINT_URL="http://minio:9000",

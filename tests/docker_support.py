@@ -1,0 +1,54 @@
+"""Docker engine and project images for the tests marked ``docker``.
+
+Where no engine answers, those tests are skipped on a developer's machine and fail in CI
+(``CI`` set): CI installs and starts the engine (``.ci/run``), so a skip there would hide
+a broken set-up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    r = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60, check=False)
+    return r.returncode == 0
+
+
+def require_docker() -> None:
+    """Skip (or fail in CI) when no Docker engine answers."""
+    if docker_answers():
+        return
+    message = "no Docker engine answers (start one with tools/dockerd-up.sh)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def image_exists(tag: str) -> bool:
+    r = subprocess.run(["docker", "image", "inspect", tag], capture_output=True, text=True, timeout=60, check=False)
+    return r.returncode == 0
+
+
+def build_images(timeout: int = 3600) -> None:
+    """``make images`` (offline; fast when every layer is cached)."""
+    r = subprocess.run(["make", "images"], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+
+
+def containers(label: str, *, all_states: bool = True) -> list[str]:
+    """Ids of containers carrying ``label`` (``key`` or ``key=value``)."""
+    cmd = ["docker", "ps", "-q", "--filter", f"label={label}"]
+    if all_states:
+        cmd.insert(2, "-a")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+    return r.stdout.split()
