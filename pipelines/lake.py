@@ -62,6 +62,44 @@ def check_model_name(model: str) -> str:
     return model
 
 
+class LakeKeyError(LakeError, ValueError):
+    """A lake key given by a user that cannot be used: empty, a URI, or outside its prefix."""
+
+
+def lake_key(key: str, prefix: str = "") -> str:
+    """A user-given lake key, normalised and confined to ``prefix``.
+
+    The one place where keys that users type (``--to incoming/x.h5ad``, an upload key)
+    become lake paths. Leading slashes are dropped (the lake root), empty and ``.``
+    components removed and ``..`` resolved (``incoming/a/../b.h5ad`` is
+    ``incoming/b.h5ad``). The result must lie strictly inside ``prefix`` (default: the
+    lake root), so ``incoming/../raw/x.h5ad`` under ``incoming`` and
+    ``incoming/../../x.h5ad`` anywhere are refused.
+
+    Raises
+    ------
+    LakeKeyError
+        The key is empty, a URI, holds a backslash or NUL, or resolves outside ``prefix``;
+        the message names the key, what it resolves to and what is accepted.
+    """
+    prefix = prefix.strip("/")
+    where = f"under {prefix}/" if prefix else "inside the lake"
+    example = f"{prefix}/<name>.h5ad" if prefix else "incoming/<name>.h5ad"
+    if not isinstance(key, str) or not key.strip("/ "):
+        raise LakeKeyError(f"lake key {key!r} is empty; give a key {where}, e.g. {example}")
+    if "://" in key:
+        raise LakeKeyError(f"{key!r} is a URI, not a lake key; give a key {where}, e.g. {example}")
+    if "\\" in key or "\0" in key:
+        raise LakeKeyError(f"lake key {key!r} holds a backslash or NUL character; use '/' between folders")
+    norm = posixpath.normpath(key.lstrip("/"))
+    inside = norm.startswith(f"{prefix}/") if prefix else norm not in (".", "..") and not norm.startswith("../")
+    if not inside:
+        raise LakeKeyError(
+            f"lake key {key!r} resolves to {norm!r}, which is not a key {where}; give a key like {example}"
+        )
+    return norm
+
+
 def part_name(part: int) -> str:
     """``part-00042``: the zero-padded part file stem."""
     if part < 0:

@@ -29,7 +29,7 @@ from typing import Any
 
 from pipelines import __version__
 from pipelines.errors import InputError, LakeError
-from pipelines.lake import HASH_BLOCK, PATHS, Lake, check_dataset_id
+from pipelines.lake import HASH_BLOCK, PATHS, Lake, check_dataset_id, lake_key
 from pipelines.logs import get_logger
 from pipelines.settings import Settings
 
@@ -137,10 +137,12 @@ def quarantine(
     check_dataset_id(dataset_id)
     lake = Lake(settings)
     origin = upload or source_rel or (str(local_file) if local_file else None)
-    name = file_name or posixpath.basename(str(origin or "").rstrip("/")) or f"{dataset_id}.h5ad"
+    name = posixpath.basename((file_name or str(origin or "")).rstrip("/"))
+    if name in ("", ".", ".."):
+        name = f"{dataset_id}.h5ad"
     if name == REASON_FILE:
         name = f"{dataset_id}-{name}"
-    dest = f"{PATHS.quarantine(dataset_id)}/{name}"
+    dest = lake_key(f"{PATHS.quarantine(dataset_id)}/{name}", PATHS.quarantine(dataset_id))
     candidates = [s for s in dict.fromkeys((source_rel, PATHS.raw(dataset_id))) if s]
     present = [s for s in candidates if lake.exists(s)]
     if present:
@@ -291,28 +293,36 @@ def release(settings: Settings, dataset_id: str, *, to: str | None = None) -> st
 
     The file goes back as it is now in ``quarantine/<dataset_id>/`` (fixed in place, or
     unchanged), under ``incoming/<file name>`` (``incoming/<dataset_id>-<file name>`` if
-    another file already has that name) or the lake path ``to``. Its quarantine folder is
+    another file already has that name) or the lake key ``to``, which is normalised and must
+    lie under ``incoming/`` (see :func:`pipelines.lake.lake_key`). Its quarantine folder is
     removed once the copy is verified; the reason is kept as ``reports/<id>/released.json``.
 
     Returns
     -------
     str
         The lake path the file was released to.
+
+    Raises
+    ------
+    LakeKeyError
+        ``to`` is empty, a URI, or resolves outside ``incoming/``; nothing is copied.
+    LakeError
+        The dataset is not in quarantine, or ``to`` already holds another file.
     """
+    target = None if to is None else lake_key(to, PATHS.incoming)  # before anything is read or written
     lake = Lake(settings)
     record = read_reason(settings, dataset_id)
     folder = PATHS.quarantine(dataset_id)
-    src = f"{folder}/{record['file']}"
+    name = posixpath.basename(str(record["file"]))
+    src = lake_key(f"{folder}/{name}", folder)
     if not lake.exists(src):
         raise LakeError(f"quarantined file {lake.url(src)!r} is missing; reason.json names {record['file']!r}")
-    dest = to.strip("/") if to else f"{PATHS.incoming}/{record['file']}"
-    if not dest.startswith(PATHS.incoming + "/"):
-        raise LakeError(f"release target {dest!r} must be inside {PATHS.incoming + '/'!r}")
+    dest = target or lake_key(f"{PATHS.incoming}/{name}", PATHS.incoming)
     sha = lake.sha256(src)
     if lake.exists(dest) and lake.sha256(dest) != sha:
-        if to:
+        if target:
             raise LakeError(f"{lake.url(dest)!r} already holds another file; choose another target")
-        dest = f"{PATHS.incoming}/{dataset_id}-{record['file']}"
+        dest = lake_key(f"{PATHS.incoming}/{dataset_id}-{name}", PATHS.incoming)
     lake.copy(src, dest)
     if lake.sha256(dest) != sha:
         lake.rm(dest)

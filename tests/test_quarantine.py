@@ -14,8 +14,8 @@ from validate_support import cli_env, client_fixture, configured, model_prefix_f
 from pipelines import __version__
 from pipelines.errors import LakeError
 from pipelines.flow import ingest_and_validate, process_uploads
-from pipelines.lake import PATHS, Lake
-from pipelines.quarantine import list_quarantine, quarantine_dataset, read_reason, release
+from pipelines.lake import PATHS, Lake, LakeKeyError
+from pipelines.quarantine import list_quarantine, quarantine, quarantine_dataset, read_reason, release
 from pipelines.sample import write_sample
 from pipelines.settings import Settings
 from pipelines.validate import is_validated
@@ -160,13 +160,15 @@ def test_cli_quarantine_list_show_release(
     cli_env(monkeypatch, settings)
 
     code, out, _ = run_cli(["quarantine", "list"], capsys)
-    assert code == 0 and out.startswith(f"{result.dataset_id}  no_genes") and "zero.h5ad" in out
+    header, row = out.splitlines()
+    assert code == 0 and header.split() == ["dataset_id", "code", "file", "reason"]
+    assert row.startswith(f"{result.dataset_id}  no_genes") and "zero.h5ad" in row
     code, out, _ = run_cli(["quarantine", "list", "--json"], capsys)
     assert json.loads(out)[0]["path"] == f"quarantine/{result.dataset_id}/zero.h5ad"
     code, out, _ = run_cli(["quarantine", "show", result.dataset_id], capsys)
     assert code == 0 and json.loads(out)["reason"] == "the file holds no genes (X has 0 columns)"
     code, out, err = run_cli(["quarantine", "release", result.dataset_id, "--to", "raw/x.h5ad"], capsys)
-    assert code == 1 and "must be inside 'incoming/'" in err
+    assert code == 1 and "not a key under incoming/" in err
     code, out, _ = run_cli(["quarantine", "release", result.dataset_id, "--to", "incoming/retry/zero.h5ad"], capsys)
     assert code == 0 and "incoming/retry/zero.h5ad" in out
     assert lake.exists("incoming/retry/zero.h5ad")
@@ -179,3 +181,75 @@ def test_cli_quarantine_list_show_release(
 def test_release_of_unknown_dataset_fails(settings_file: Settings) -> None:
     with pytest.raises(LakeError, match="is not in quarantine"):
         release(settings_file, "0123456789abcdef")
+
+
+# --- quarantine entries made directly (no ingest): listing and confined release targets -------------
+
+
+def quarantined(settings: Settings, folder: Path, name: str, data: bytes) -> str:
+    """Quarantine a local file holding ``data`` as refused by ingest; returns its dataset id."""
+    path = folder / name
+    path.write_bytes(data)
+    dataset_id = sha(data)[:16]
+    reason = {"stage": "ingest", "code": "not_hdf5", "reason": "not an HDF5/.h5ad file", "hint": "upload an .h5ad"}
+    quarantine(settings, dataset_id, reason, local_file=path, file_name=name)
+    return dataset_id
+
+
+def test_cli_quarantine_list_has_a_header(settings_file: Settings, tmp_path: Path, monkeypatch, capsys) -> None:
+    cli_env(monkeypatch, settings_file)
+    code, out, _ = run_cli(["quarantine", "list"], capsys)
+    assert code == 0 and out == "quarantine is empty\n"
+    first = quarantined(settings_file, tmp_path, "a.h5ad", b"first\n")
+    second = quarantined(settings_file, tmp_path, "a-much-longer-name.h5ad", b"second\n")
+    code, out, _ = run_cli(["quarantine", "list"], capsys)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 3
+    assert lines[0].split() == ["dataset_id", "code", "file", "reason"]
+    assert {line.split()[0] for line in lines[1:]} == {first, second}
+    # columns line up under the header
+    for column in ("code", "file", "reason"):
+        at = lines[0].index(column)
+        assert all(line[at - 2 : at] == "  " and line[at] != " " for line in lines[1:])
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "incoming/../../escaped.h5ad",
+        "incoming/../raw/{id}.h5ad",
+        "incoming/../quarantine/{id}/x.h5ad",
+        "raw/{id}.h5ad",
+        "incoming",
+        "incoming/..",
+        "../incoming/x.h5ad",
+        "s3://lake/incoming/x.h5ad",
+        "",
+    ],
+)
+def test_release_target_is_confined_to_incoming(
+    settings_file: Settings, tmp_path: Path, monkeypatch, capsys, target: str
+) -> None:
+    lake = Lake(settings_file)
+    data = b"refused bytes\n"
+    dataset_id = quarantined(settings_file, tmp_path, "bad.h5ad", data)
+    target = target.format(id=dataset_id)
+    before = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    with pytest.raises(LakeKeyError, match="incoming/"):
+        release(settings_file, dataset_id, to=target)
+    cli_env(monkeypatch, settings_file)
+    code, out, err = run_cli(["quarantine", "release", dataset_id, "--to", target], capsys)
+    assert code == 1 and out == ""
+    assert err.startswith("sclake: error: ") and err.count("\n") == 1 and "incoming/" in err
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == before  # nothing written anywhere
+    assert lake.read_bytes(f"{PATHS.quarantine(dataset_id)}/bad.h5ad") == data
+    assert not lake.exists(PATHS.raw(dataset_id))
+
+
+def test_release_target_is_normalised(settings_file: Settings, tmp_path: Path) -> None:
+    lake = Lake(settings_file)
+    first = quarantined(settings_file, tmp_path, "one.h5ad", b"one\n")
+    assert release(settings_file, first, to="/incoming//lab/./tmp/../one.h5ad") == "incoming/lab/one.h5ad"
+    assert lake.read_bytes("incoming/lab/one.h5ad") == b"one\n"
+    second = quarantined(settings_file, tmp_path, "two.h5ad", b"two\n")
+    assert release(settings_file, second) == "incoming/two.h5ad"

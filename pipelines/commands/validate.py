@@ -54,8 +54,12 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
         return
     if not entries:
         typer.echo("quarantine is empty")
-    for e in entries:
-        typer.echo(f"{e.dataset_id}  {e.code:<24} {e.file}  {e.reason}")
+        return
+    header = ("dataset_id", "code", "file", "reason")
+    rows = [(e.dataset_id, e.code, e.file, e.reason) for e in entries]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+    for r in (header, *rows):
+        typer.echo("  ".join([*(v.ljust(w) for v, w in zip(r, widths, strict=False)), r[-1]]))
 
 
 @quarantine_app.command("show")
