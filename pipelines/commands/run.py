@@ -14,14 +14,20 @@ XCOM_DIR = Path("/airflow/xcom")  # where KubernetesPodOperator's sidecar collec
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
-        uri: str = typer.Argument(..., help="A local .h5ad, a file:// or s3:// URI, or a key under incoming/."),
+        uri: str = typer.Argument(
+            ...,
+            help="A local .h5ad (absolute, ./ or ../ paths are always local), a file:// or s3:// URI, "
+            "or a key in the lake (incoming/x.h5ad).",
+        ),
         model: list[str] = typer.Option(None, "--model", "-m", help="Model(s); default: SCLAKE_MODELS."),
     ) -> None:
         """Ingest + validate + embed + lineage without Airflow; prints a JSON summary."""
+        from pipelines.commands.ingest import upload_argument
         from pipelines.orchestration.flowrun import run_upload
         from pipelines.settings import load_settings
 
-        summary = run_upload(load_settings(), uri, list(model) if model else None)
+        settings = load_settings()
+        summary = run_upload(settings, upload_argument(settings, uri), list(model) if model else None)
         typer.echo(json.dumps(summary, indent=2))
 
     @app.command("step", hidden=True)
