@@ -69,3 +69,19 @@ compose-up: compose-env  ## build the images and start the stack
 
 compose-down:  ## stop the stack (volumes are kept)
 	$(COMPOSE) $(COMPOSE_FILE_ARGS) --env-file $(COMPOSE_ENV) down
+
+# ---- the local compose stack: no image registry (docs/deployment.md, "The local stack") ----
+# compose/docker-compose.yml + compose/docker-compose.local.yml: stand-ins built here for the
+# third-party images, the project's images from `make images`.
+VOLUMES ?= 0
+
+.PHONY: compose-up-local compose-demo compose-down-local
+
+compose-up-local:  ## build what is missing, start the local stack, wait until every service is healthy
+	MAKE="$(MAKE)" COMPOSE="$(COMPOSE)" compose/local/up.sh
+
+compose-demo: compose-up-local  ## a sample .h5ad through the local stack's DAGs to embeddings; prints `N rows`
+	$(RUN) python compose/local/demo.py
+
+compose-down-local:  ## stop the local stack and every step container; VOLUMES=1 also removes the volumes
+	COMPOSE="$(COMPOSE)" VOLUMES="$(VOLUMES)" compose/local/down.sh

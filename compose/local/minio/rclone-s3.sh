@@ -7,4 +7,4 @@ secret=$2
 shift 2
 exec rclone --s3-provider Other --s3-endpoint "${S3_ENDPOINT:-http://minio:9000}" \
     --s3-access-key-id "$key" --s3-secret-access-key "$secret" --s3-force-path-style=true \
-    --low-level-retries 2 --retries 1 "$@"
+    --low-level-retries 2 --retries 1 --log-level ERROR "$@"
