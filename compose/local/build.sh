@@ -60,7 +60,7 @@ for service in "${todo[@]}"; do
         install -D -m 0755 "$rclone" "$ctx/root/usr/local/bin/rclone"
     fi
     echo "build: sclake-local-$service:$version ($(wc -l <"$list") packages)"
-    DOCKER_BUILDKIT=0 docker build --quiet --network none \
+    DOCKER_BUILDKIT=0 docker build --quiet --force-rm --network none \
         --build-arg "BASE_IMAGE=$base" --build-arg "SERVICE=$service" \
         -f "$here/service.Dockerfile" -t "sclake-local-$service:$version" "$ctx"
 done
