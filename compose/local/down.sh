@@ -10,8 +10,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-# shellcheck source=compose/local/compose.sh
-. compose/local/compose.sh
+compose() { compose/local/compose.sh "$@"; }
 
 project=$(grep -E '^COMPOSE_PROJECT_NAME=' compose/.env 2>/dev/null | tail -1 | cut -d= -f2)
 project=${project:-sclake}

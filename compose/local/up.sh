@@ -11,8 +11,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-# shellcheck source=compose/local/compose.sh
-. compose/local/compose.sh
+compose() { compose/local/compose.sh "$@"; }
 
 started=$(date +%s)
 missing=()
@@ -62,7 +61,7 @@ while true; do
     done <<<"$states"
     if [ "${#failed[@]}" -gt 0 ]; then
         echo "compose-up-local: failed: ${failed[*]}" >&2
-        echo "    logs: docker-compose -f compose/docker-compose.yml -f compose/docker-compose.local.yml --env-file compose/.env logs SERVICE" >&2
+        echo "    logs: compose/local/compose.sh logs SERVICE" >&2
         exit 1
     fi
     [ "${#waiting[@]}" -eq 0 ] && break
