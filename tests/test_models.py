@@ -369,6 +369,13 @@ def test_cli_synthesize_and_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert set(rows) == set(MODELS)
         assert rows[V1]["present"] is True and rows[V1]["synthetic"] is True and rows[V1]["tiny"] is True
         assert rows[V2]["present"] is False and rows[V2]["missing"]
+        # the width of the network on disk (what the Parquet holds), not the full-size spec's
+        assert (rows[V1]["layers"], rows[V1]["width"], rows[V1]["weights_file"]) == (2, 32, "pytorch_model.bin")
+        assert (rows[V2]["layers"], rows[V2]["width"], rows[V2]["weights_file"]) == (12, 512, None)
+        result = runner.invoke(app, ["models", "list"])
+        assert result.exit_code == 0, result.output
+        (row,) = [line for line in result.stdout.splitlines() if f" {V1} " in line]
+        assert [c.strip() for c in row.split("│")[1:-1]][:5] == [V1, "v1", "2", "32", "2048"]
 
         result = runner.invoke(app, ["models", "check", V1])
         assert result.exit_code == 0 and "ok" in result.stdout
@@ -380,3 +387,123 @@ def test_cli_synthesize_and_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         for handler in [h for h in root.handlers if h not in handlers]:
             root.removeHandler(handler)
         root.setLevel(level)
+
+
+# --- weights in any form from_pretrained loads ------------------------------------------------
+
+
+def resave(settings: Settings, name: str, **save_kwargs: object) -> None:
+    """Rewrite a model's weights as ``save_pretrained`` does (safetensors by default), drop the old ones.
+
+    The manifest of the old files goes too: the folder is then what ``transformers`` writes.
+    """
+    from transformers import BertForMaskedLM
+
+    files = model_files(settings, name)
+    model = BertForMaskedLM.from_pretrained(files.model_dir)
+    model.save_pretrained(files.model_dir, **save_kwargs)
+    (files.model_dir / "pytorch_model.bin").unlink()
+    files.manifest.unlink()
+
+
+@pytest.fixture(scope="module")
+def bin_and_safetensors(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Settings]:
+    """The same tiny v1 model twice: as synthesized (``pytorch_model.bin``) and resaved as ``model.safetensors``."""
+    root = tmp_path_factory.mktemp("weights")
+    as_bin, as_st = make_settings(root / "bin"), make_settings(root / "st")
+    synthesize(as_bin, V1, tiny=True, seed=5)
+    synthesize(as_st, V1, tiny=True, seed=5)
+    resave(as_st, V1)
+    return as_bin, as_st
+
+
+def test_safetensors_v1_model_is_accepted(bin_and_safetensors: tuple[Settings, Settings]) -> None:
+    from pipelines.lineage.embedding_run import model_facts
+
+    as_bin, as_st = bin_and_safetensors
+    files = check_model_files(as_st, V1)
+    assert files.weights_file == "model.safetensors" and files.weights == files.model_dir / "model.safetensors"
+    assert not (files.model_dir / "pytorch_model.bin").exists()
+    status = model_status(as_st, V1)
+    assert status.present and status.missing == [] and status.weights_file == "model.safetensors"
+    assert model_status(as_bin, V1).weights_file == "pytorch_model.bin"
+    # lineage names the weights file that was loaded
+    facts = model_facts(as_st, V1)
+    assert f"geneformer/v1/{V1}/model.safetensors" in facts["files"]
+    assert f"geneformer/v1/{V1}/pytorch_model.bin" not in facts["files"]
+
+
+def test_safetensors_v1_model_loads_and_embeds_like_the_bin(
+    bin_and_safetensors: tuple[Settings, Settings], no_network: list
+) -> None:
+    as_bin, as_st = bin_and_safetensors
+    adata = tiny_adata("v1")
+    out = []
+    for settings in (as_bin, as_st):
+        model = load_geneformer(settings, V1, batch_size=8)
+        out.append(np.asarray(model.get_embeddings(model.process_data(adata.copy(), gene_names="ensembl_id"))))
+    assert out[0].shape == (20, 32)
+    np.testing.assert_allclose(out[1], out[0], rtol=1e-5, atol=1e-6)
+    assert no_network == []
+
+
+@pytest.mark.slow
+def test_embed_step_with_safetensors_matches_the_bin(
+    bin_and_safetensors: tuple[Settings, Settings], tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+    from distributed import Client
+
+    from pipelines.embed import embed_dataset
+    from pipelines.ingest import ingest
+    from pipelines.lake import PATHS, Lake
+    from pipelines.sample import write_sample
+
+    as_bin, as_st = (s.model_copy(update={"lake_uri": f"file://{tmp_path / 'lake'}"}) for s in bin_and_safetensors)
+    lake = Lake(as_bin)
+    sample = write_sample(tmp_path / "s.h5ad", cells=60, genes=800, seed=2)
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
+        dataset_id = ingest(as_bin, str(sample), client=client).dataset_id
+    result = {}
+    for label, settings in (("bin", as_bin), ("st", as_st)):
+        lake.unpublish(PATHS.embeddings(V1, dataset_id))
+        embed_dataset(settings, dataset_id, V1, device="cpu")
+        rels = lake.ls(PATHS.embeddings(V1, dataset_id), suffix=".parquet")
+        tables = [pq.read_table(lake.path(r)) for r in rels]
+        result[label] = np.concatenate([np.stack(t.column("embedding").to_numpy(zero_copy_only=False)) for t in tables])
+    assert result["bin"].shape == (60, 32)
+    np.testing.assert_allclose(result["st"], result["bin"], rtol=1e-5, atol=1e-6)
+
+
+def test_sharded_weights_are_accepted_with_every_shard(tmp_path: Path, no_network: list) -> None:
+    settings = make_settings(tmp_path)
+    synthesize(settings, V1, tiny=True, seed=5)
+    reference = load_geneformer(settings, V1).model.state_dict()
+    resave(settings, V1, max_shard_size="1MB")
+    files = check_model_files(settings, V1)
+    assert files.weights_file == "model.safetensors.index.json" and files.sharded
+    shards = files.weight_shards()
+    assert len(shards) > 1 and all(s.startswith("model-") for s in shards)
+    assert {files.relative(files.model_dir / s) for s in shards} <= {files.relative(p) for p in files.required()}
+    loaded = load_geneformer(settings, V1).model.state_dict()
+    for key, value in reference.items():
+        np.testing.assert_array_equal(loaded[key].numpy(), value.numpy())
+    (files.model_dir / shards[-1]).unlink()
+    with pytest.raises(ModelFilesError, match=re.escape(f"{shards[-1]}' is missing")):
+        check_model_files(settings, V1)
+    assert model_status(settings, V1).missing == [files.relative(files.model_dir / shards[-1])]
+    files.weights.write_text(json.dumps({"weight_map": {"a": "../../elsewhere.safetensors"}}))
+    with pytest.raises(ModelFilesError, match="must name shard files in the model folder"):
+        check_model_files(settings, V1)
+    assert no_network == []
+
+
+def test_weights_the_manifest_does_not_describe_are_refused(tmp_path: Path) -> None:
+    from transformers import BertForMaskedLM
+
+    settings = make_settings(tmp_path)
+    files = synthesize(settings, V1, tiny=True)
+    # safetensors saved beside the synthesized .bin: from_pretrained would load them, unchecked
+    BertForMaskedLM.from_pretrained(files.model_dir).save_pretrained(files.model_dir)
+    with pytest.raises(ModelFilesError, match=r"would load the weights .*model\.safetensors.*does not describe"):
+        check_model_files(settings, V1)

@@ -62,8 +62,10 @@ def register(app: typer.Typer) -> None:
                 {
                     "model": name,
                     "version": spec.version,
-                    "layers": spec.num_layers,
-                    "width": spec.hidden_size,
+                    # the network on disk (a --tiny model is narrower than its spec), else the spec's
+                    "layers": st.layers or spec.num_layers,
+                    "width": st.width or spec.hidden_size,
+                    "weights_file": st.weights_file,
                     "input_size": spec.input_size,
                     "present": st.present,
                     "kind": kind,

@@ -13,6 +13,7 @@ The dictionary loaders give an inference engine what it needs without importing 
 
 from __future__ import annotations
 
+import json
 import pickle
 import threading
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.errors import ModelFilesError
 from pipelines.logs import get_logger
 from pipelines.models.manifest import read_manifest, verify_manifest
-from pipelines.models.registry import ModelFiles, get_spec, model_files
+from pipelines.models.registry import WEIGHTS_FILES, ModelFiles, get_spec, model_files
 
 if TYPE_CHECKING:
     from pipelines.settings import Settings
@@ -67,7 +68,15 @@ def check_model_files(settings: Settings, name: str, *, verify: bool = True) -> 
 
 
 def check_files(files: ModelFiles, *, verify: bool = True) -> ModelFiles:
-    """:func:`check_model_files` for paths already built (e.g. under another prefix)."""
+    """:func:`check_model_files` for paths already built (e.g. under another prefix).
+
+    The weights may be in any form ``transformers``' ``from_pretrained`` loads
+    (``model.safetensors``, ``pytorch_model.bin`` or a sharded ``*.index.json`` with its
+    shards); ``files.weights`` is the one it will load. With a manifest, that file must be
+    one the manifest describes.
+    """
+    if files.sharded:
+        files.weight_shards()  # a readable index naming shards in the folder
     for path in files.required():
         if not path.is_file():
             raise ModelFilesError(f"model {files.name!r}: file {str(path)!r} is missing; {_fix_hint(files)}")
@@ -79,6 +88,14 @@ def check_files(files: ModelFiles, *, verify: bool = True) -> ModelFiles:
             if manifest.get("model") != files.name:
                 raise ModelFilesError(
                     f"manifest {str(files.manifest)!r} describes model {manifest.get('model')!r}, not {files.name!r}"
+                )
+            listed = manifest.get("files", {})
+            unlisted = [files.relative(p) for p in files.weights_paths() if files.relative(p) not in listed]
+            if unlisted:
+                raise ModelFilesError(
+                    f"model {files.name!r} would load the weights {unlisted!r}, which its manifest "
+                    f"{str(files.manifest)!r} does not describe (it names {manifest.get('weights_file')!r}); "
+                    "remove the weights that are not meant to be used, or the manifest of the old ones"
                 )
             verify_manifest(files, manifest)
     return files
@@ -130,8 +147,14 @@ class _LocalFilesOnly:
 
     def download_via_name(self, name: str) -> None:
         path = self.files.models_root / name
-        if not path.is_file():
-            raise ModelFilesError(f"model {self.files.name!r}: file {str(path)!r} is missing; {_fix_hint(self.files)}")
+        if path.is_file():
+            return
+        # Helical names one weights file; transformers loads any of WEIGHTS_FILES, so the
+        # weights the folder holds stand for the one Helical names.
+        if path.parent == self.files.model_dir and path.name in WEIGHTS_FILES:
+            if all(p.is_file() for p in self.files.weights_paths()):
+                return
+        raise ModelFilesError(f"model {self.files.name!r}: file {str(path)!r} is missing; {_fix_hint(self.files)}")
 
     def download_via_link(self, output: Path, link: str) -> None:
         if not Path(output).is_file():
@@ -212,7 +235,7 @@ def load_geneformer(
         nproc=nproc,
         custom_attr_name_dict=custom_attr_name_dict,
     )
-    log.info("loading %s from %s on %s", name, files.model_dir, device)
+    log.info("loading %s from %s (%s) on %s", name, files.model_dir, files.weights_file, device)
     with _construct_lock:
         original = helical_model.Downloader
         helical_model.Downloader = _LocalFilesOnly(files)
@@ -237,10 +260,29 @@ class ModelStatus:
     tiny: bool | None = None
     seed: int | None = None
     bytes: int = 0
+    layers: int | None = None
+    width: int | None = None
+    weights_file: str | None = None
+
+
+def network_shape(files: ModelFiles) -> tuple[int, int]:
+    """``(layers, width)`` of the network the model folder holds, from its ``config.json``
+    (``num_hidden_layers``, ``hidden_size``: the width of every embedding it writes); the
+    spec's full-size values when there is no readable ``config.json``."""
+    spec = files.spec
+    try:
+        config = json.loads(files.config.read_text())
+        return int(config["num_hidden_layers"]), int(config["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return spec.num_layers, spec.hidden_size
 
 
 def model_status(settings: Settings, name: str) -> ModelStatus:
-    """Which of the model's files are present and what its manifest says (no checksums computed)."""
+    """Which of the model's files are present and what its manifest says (no checksums computed).
+
+    ``layers`` and ``width`` are those of the network on disk (a ``--tiny`` model's 2 and
+    32), read from its ``config.json``; ``None`` when it has none.
+    """
     files = model_files(settings, name)
     missing = [files.relative(p) for p in files.required() if not p.is_file()]
     size = sum(p.stat().st_size for p in files.required() if p.is_file())
@@ -248,6 +290,7 @@ def model_status(settings: Settings, name: str) -> ModelStatus:
         manifest = read_manifest(files)
     except ModelFilesError:
         manifest = None
+    layers, width = network_shape(files) if files.config.is_file() else (None, None)
     return ModelStatus(
         name=name,
         version=files.version,
@@ -259,4 +302,7 @@ def model_status(settings: Settings, name: str) -> ModelStatus:
         tiny=None if manifest is None else bool(manifest.get("tiny")),
         seed=None if manifest is None else manifest.get("seed"),
         bytes=size,
+        layers=layers,
+        width=width,
+        weights_file=files.weights_file if files.weights.is_file() else None,
     )

@@ -7,6 +7,12 @@ input size, whether ``<cls>``/``<eos>`` are used, and the weights file name
 (``model.safetensors`` or ``pytorch_model.bin``, exactly as
 ``GeneformerConfig.list_of_files_to_download`` lists them).
 
+The weights a model folder actually holds may be in any form ``transformers``'
+``from_pretrained`` loads (:data:`WEIGHTS_FILES`, in its order of preference): a v1
+model saved with ``save_pretrained`` holds ``model.safetensors``, not the
+``pytorch_model.bin`` Helical lists. :attr:`ModelFiles.weights` is the file
+``from_pretrained`` will load (the spec's name when the folder holds none).
+
 :func:`model_files` turns ``(settings, name)`` into a :class:`ModelFiles` with every
 path of Helical's cache layout::
 
@@ -16,6 +22,7 @@ path of Helical's cache layout::
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +35,11 @@ if TYPE_CHECKING:
 
 SAFETENSORS = "model.safetensors"
 PYTORCH_BIN = "pytorch_model.bin"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
+# What ``transformers``' ``from_pretrained`` loads from a local folder, in its order of
+# preference (``modeling_utils._get_resolved_checkpoint_files``): the first one present wins.
+WEIGHTS_FILES = (SAFETENSORS, SAFETENSORS_INDEX, PYTORCH_BIN, PYTORCH_BIN_INDEX)
 MANIFEST = "manifest.json"
 TOKEN_DICTIONARY = "token_dictionary.pkl"
 GENE_MEDIANS = "gene_median_dictionary.pkl"
@@ -202,24 +214,70 @@ class ModelFiles:
     manifest: Path
     spec: ModelSpec = field(repr=False, compare=False)
 
+    @property
+    def weights_file(self) -> str:
+        """Name of the weights file ``from_pretrained`` loads (an ``*.index.json`` for sharded weights)."""
+        return self.weights.name
+
+    @property
+    def sharded(self) -> bool:
+        return self.weights.name.endswith(".index.json")
+
+    def weight_shards(self) -> list[str]:
+        """The shard file names an ``*.index.json`` names (its ``weight_map`` values), sorted.
+
+        Raises
+        ------
+        ModelFilesError
+            The index cannot be read, maps no tensors, or names a shard outside the model folder.
+        """
+        if not self.sharded:
+            return []
+        try:
+            weight_map = json.loads(self.weights.read_text())["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelFilesError(f"weights index {str(self.weights)!r} cannot be read: {e!r}") from e
+        bad = [n for n in shards if not isinstance(n, str) or n in ("", ".", "..") or "/" in n or "\\" in n]
+        if not shards or bad:
+            raise ModelFilesError(
+                f"weights index {str(self.weights)!r} names {'no shards' if not shards else f'shards {bad!r}'}; "
+                "its weight_map must name shard files in the model folder"
+            )
+        return shards
+
+    def weights_paths(self) -> list[Path]:
+        """The weights file and, for sharded weights, every shard it names (an unreadable index: itself only)."""
+        try:
+            shards = self.weight_shards()
+        except ModelFilesError:
+            shards = []
+        return [self.weights, *(self.model_dir / n for n in shards)]
+
     def helical_files(self) -> dict[str, Path]:
         """Helical's relative file names (``geneformer/<version>/...``) mapped to their paths."""
         return {self.relative(p): p for p in self.required()}
 
     def required(self) -> list[Path]:
-        """The files Helical needs, in the order of ``list_of_files_to_download``."""
+        """The files Helical needs, in the order of ``list_of_files_to_download``, with the
+        weights as the folder holds them (:meth:`weights_paths`)."""
         return [
             self.gene_medians,
             self.token_dictionary,
             self.gene_mapping,
             self.config,
             self.training_args,
-            self.weights,
+            *self.weights_paths(),
         ]
 
     def relative(self, path: Path) -> str:
         """``path`` relative to :attr:`models_root` (``geneformer/v1/gf-6L-10M-i2048/config.json``)."""
         return path.relative_to(self.models_root).as_posix()
+
+
+def find_weights(model_dir: Path) -> Path | None:
+    """The weights file ``from_pretrained`` would load from ``model_dir`` (see :data:`WEIGHTS_FILES`), or ``None``."""
+    return next((model_dir / n for n in WEIGHTS_FILES if (model_dir / n).is_file()), None)
 
 
 def files_under(prefix: Path, name: str) -> ModelFiles:
@@ -239,7 +297,7 @@ def files_under(prefix: Path, name: str) -> ModelFiles:
         version_dir=version_dir,
         model_dir=model_dir,
         config=model_dir / "config.json",
-        weights=model_dir / spec.weights_file,
+        weights=find_weights(model_dir) or model_dir / spec.weights_file,
         training_args=model_dir / "training_args.bin",
         token_dictionary=version_dir / TOKEN_DICTIONARY,
         gene_medians=version_dir / GENE_MEDIANS,

@@ -144,7 +144,7 @@ def _fsync_tree(folder: Path) -> None:
 def _manifest(files: ModelFiles, stage: Path, *, tiny: bool, seed: int) -> dict[str, Any]:
     spec = files.spec
     entries = file_entries(files, [files.gene_medians, files.token_dictionary, files.gene_mapping])
-    for final in (files.config, files.training_args, files.weights):
+    for final in (files.config, files.training_args, files.model_dir / spec.weights_file):
         staged = stage / final.name
         entries[files.relative(final)] = {"sha256": file_sha256(staged), "bytes": staged.stat().st_size}
     return {
@@ -273,4 +273,4 @@ def synthesize(settings: Settings, name: str, tiny: bool = False, seed: int = 0,
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
     log.info("%s: %d files written to %s", name, len(manifest["files"]), files.model_dir)
-    return files
+    return model_files(settings, name)  # the paths of what is there now
