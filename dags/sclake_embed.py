@@ -22,6 +22,7 @@ from pipelines.orchestration.dagkit import (
     configured_models,
     container_step,
     execution_mode,
+    map_index_from,
     mapped_item,
     profile_for,
     run_step,
@@ -61,8 +62,10 @@ def model_group(model: str) -> None:
     profile = profile_for(model)
     pool = {"pool": profile.airflow_pool, "queue": profile.airflow_queue} if profile else {}
     group = _group_id(model)
+    # Mapped task instances are named by their dataset id (not 0, 1, 2 ...).
+    named = {"map_index_template": map_index_from(f"{group}.pending")}
 
-    @task(task_id="embed", **pool)
+    @task(task_id="embed", **pool, **named)
     def embed(dataset_id: str) -> dict[str, Any]:
         return run_step("embed", dataset_id=dataset_id, model=model)
 
@@ -72,8 +75,8 @@ def model_group(model: str) -> None:
             out = embed(dataset_id)
         else:
             command = step_command("embed", dataset_id=mapped_item(f"{group}.pending"), model=model)
-            out = container_step("embed", command, model=model, **pool).output
-        lineage(out, validate_outputs(out))
+            out = container_step("embed", command, model=model, **pool, **named).output
+        lineage.override(**named)(out, validate_outputs.override(**named)(out))
 
     per_dataset.expand(dataset_id=pending.override(task_id="pending")(model))
 

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import dag, task, task_group
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pipelines.orchestration.dagkit import (
     DATASETS,
@@ -27,34 +27,47 @@ from pipelines.orchestration.dagkit import (
     configured_models,
     container_step,
     execution_mode,
+    map_index_from,
     mapped_item,
+    refusal_message,
     run_step,
     step_command,
     upstream_manifest,
 )
+from pipelines.orchestration.outcomes import PASSED, QUARANTINED, WARNED
 from pipelines.orchestration.uploads import UploadsSensor
 
 SENSOR_TIMEOUT_S = float(os.environ.get("SCLAKE_SENSOR_TIMEOUT_S", "3600"))
 SENSOR_POKE_S = float(os.environ.get("SCLAKE_SENSOR_POKE_S", "15"))
-GOOD = ("passed", "warned")
+GOOD = (PASSED, WARNED)
+# Mapped task instances are named by their upload's key (not 0, 1, 2 ...).
+UPLOAD_KEY = map_index_from("wait_for_uploads")
 
 
-@task(outlets=[DATASETS])
+@task(outlets=[DATASETS], map_index_template=UPLOAD_KEY)
 def publish(manifest: Any, outlet_events=None) -> dict[str, Any]:
-    """Emit the dataset's asset event (the embedding DAG's schedule) when it passed validation."""
+    """Emit the dataset's asset event (the embedding DAG's schedule) when it passed validation.
+
+    The three other ends look different in Airflow: a refused upload fails this task
+    without retry (its reason code and what to do are the message), the same bytes seen
+    before skip it, and a transient error retries the ingest task.
+    """
     m = as_manifest(manifest)
-    if m.get("outcome") not in GOOD:
-        raise AirflowSkipException(f"{m.get('key')}: {m.get('outcome')} ({m.get('reason', 'nothing new')})")
+    outcome = m.get("outcome")
+    if outcome == QUARANTINED:
+        raise AirflowFailException(refusal_message(m))
+    if outcome not in GOOD:
+        raise AirflowSkipException(f"{m.get('key')}: already ingested as {m.get('dataset_id')}; nothing new")
     outlet_events[DATASETS].extra = {"dataset_id": m["dataset_id"], "key": m["key"]}
     return m
 
 
-@task(pool="sclake_ingest", **TRANSIENT_RETRIES)
+@task(pool="sclake_ingest", map_index_template=UPLOAD_KEY, **TRANSIENT_RETRIES)
 def ingest(key: str) -> dict[str, Any]:
     return run_step("ingest_upload", key=key)
 
 
-@task
+@task(map_index_template=UPLOAD_KEY)
 def validate(manifest: dict[str, Any]) -> dict[str, Any]:
     return run_step("validate_upload", manifest=manifest)
 
@@ -95,12 +108,14 @@ def sclake_ingest() -> None:
                 step_command("ingest_upload", key=mapped_item("wait_for_uploads")),
                 model=model,
                 pool="sclake_ingest",
+                map_index_template=UPLOAD_KEY,
                 **TRANSIENT_RETRIES,
             )
             val = container_step(
                 "validate",
                 step_command("validate_upload", manifest=upstream_manifest("process_upload.ingest")),
                 model=model,
+                map_index_template=UPLOAD_KEY,
             )
             ing >> val
             publish(val.output)

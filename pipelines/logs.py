@@ -9,10 +9,14 @@ import time
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(level: str | int = "INFO") -> None:
-    """Configure the ``sclake`` loggers once (idempotent); quiet chatty libraries."""
+def setup_logging(level: str | int = "INFO", *, stream: bool = True) -> None:
+    """Configure the ``sclake`` loggers once (idempotent); quiet chatty libraries.
+
+    ``stream=False`` sets the levels only, for a host that handles log records itself (an
+    Airflow task: a second handler on stderr would log every line again, as an error).
+    """
     root = logging.getLogger()
-    if not any(getattr(h, "_sclake", False) for h in root.handlers):
+    if stream and not any(getattr(h, "_sclake", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handler._sclake = True  # type: ignore[attr-defined]

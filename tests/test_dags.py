@@ -83,14 +83,17 @@ assert not bag.import_errors, bag.import_errors
 dag = bag.get_dag({dag_id!r})
 run = dag.test()
 tis = {{f"{{t.task_id}}[{{t.map_index}}]": str(t.state) for t in run.get_task_instances()}}
-print(json.dumps({{"state": str(run.state), "tis": tis}}))
+named = {{f"{{t.task_id}}[{{t.rendered_map_index}}]": str(t.state)
+         for t in run.get_task_instances() if t.map_index >= 0}}
+print(json.dumps({{"state": str(run.state), "tis": tis, "named": named}}))
 """
 
 
-def dag_test(dag_id: str, env: dict[str, str]) -> dict:
+def dag_test(dag_id: str, env: dict[str, str], *, output: bool = False):
     r = run_py(DAG_TEST.format(dags=str(ROOT / "dags"), dag_id=dag_id), env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    return (result, r.stdout + r.stderr) if output else result
 
 
 @pytest.mark.integration
@@ -117,8 +120,22 @@ def test_dags_end_to_end_on_s3(tmp_path: Path, settings_s3, tiny_model) -> None:
     )
     assert r.returncode == 0, r.stderr[-2000:]
 
-    ingest = dag_test("sclake_ingest", env)
-    assert ingest["state"] == "success", ingest
+    ingest, log = dag_test("sclake_ingest", env, output=True)
+    # The refusal is a failed task (no retry) named by its upload, with the reason code and
+    # what to do; the good upload of the same run is published all the same.
+    assert ingest["state"] == "failed", ingest
+    named = ingest["named"]
+    assert named["process_upload.publish[incoming/lab-b/bad.h5ad]"] == "failed", named
+    assert named["process_upload.publish[incoming/lab-a/good.h5ad]"] == "success", named
+    assert named["process_upload.ingest[incoming/lab-a/good.h5ad]"] == "success", named
+    assert "refused incoming/lab-b/bad.h5ad: [" in log and "what to do:" in log, log[-3000:]
+    # Each step's log line appears once, at its own level (no second copy on stderr).
+    ingested = [
+        line
+        for line in log.splitlines()
+        if "quarantined s3://" in line and "bad.h5ad" in line and "pipelines.orchestration.steps" in line
+    ]
+    assert len(ingested) == 1, "\n".join(ingested)
     raw = lake.ls("raw")
     assert len(raw) == 1
     good_id = raw[0].split("/")[-1].removesuffix(".h5ad")
@@ -130,6 +147,7 @@ def test_dags_end_to_end_on_s3(tmp_path: Path, settings_s3, tiny_model) -> None:
 
     embed = dag_test("sclake_embed", env)
     assert embed["state"] == "success", embed
+    assert f"embed_{tiny_model.replace('-', '_')}.dataset.embed[{good_id}]" in embed["named"], embed["named"]
     prefix = PATHS.embeddings(tiny_model, good_id)
     assert lake.is_published(prefix)
     rows = lake.commit_info(prefix)["rows"]
@@ -143,10 +161,12 @@ def test_dags_end_to_end_on_s3(tmp_path: Path, settings_s3, tiny_model) -> None:
     assert idle["tis"]["wait_for_uploads[-1]"].endswith("skipped"), idle
     assert lake.ls("", recursive=True) == before
 
-    # The same bytes under another name: recognised, no new dataset, no new rows.
+    # The same bytes under another name: recognised, no new dataset, no new rows; its
+    # publish task is skipped (a duplicate), not failed (a refusal).
     lake.put(good, "incoming/lab-c/copy-of-good.h5ad")
     again = dag_test("sclake_ingest", env)
     assert again["state"] == "success", again
+    assert again["named"]["process_upload.publish[incoming/lab-c/copy-of-good.h5ad]"] == "skipped", again
     assert lake.ls("raw") == raw
     assert lake.ls("incoming", recursive=True) == []
     embed2 = dag_test("sclake_embed", env)

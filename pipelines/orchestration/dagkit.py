@@ -21,6 +21,10 @@ from typing import Any
 
 from airflow.sdk import Asset
 
+from pipelines.orchestration.outcomes import refusal_message
+
+__all__ = ["refusal_message"]  # re-exported for the DAG files
+
 DATASETS = Asset("sclake_datasets")
 MODES = ("local", "docker", "kubernetes")
 
@@ -56,7 +60,7 @@ def run_step(name: str, **kwargs: Any) -> Any:
     from pipelines.settings import load_settings
 
     settings = load_settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, stream=False)  # Airflow's own handlers write the task log
     return STEPS[name](settings, **kwargs)
 
 
@@ -84,6 +88,11 @@ def step_command(step: str, *, manifest: str | None = None, **values: str) -> li
 def upstream_manifest(task_id: str) -> str:
     """Template: the XCom of ``task_id`` at this task's map index (a container step's JSON line)."""
     return "{{ ti.xcom_pull(task_ids='" + task_id + "', map_indexes=ti.map_index) }}"
+
+
+def map_index_from(task_id: str) -> str:
+    """``map_index_template``: name a mapped task instance by element ``map_index`` of ``task_id``'s list."""
+    return "{{ ti.xcom_pull(task_ids='" + task_id + "')[ti.map_index] }}"
 
 
 def mapped_item(task_id: str) -> str:

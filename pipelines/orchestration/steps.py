@@ -12,12 +12,10 @@ from typing import Any
 
 from pipelines.lake import PATHS, Lake
 from pipelines.logs import get_logger
+from pipelines.orchestration.outcomes import ALREADY, INGESTED, PASSED, QUARANTINED, WARNED
 from pipelines.settings import Settings
 
 log = get_logger(__name__)
-
-# Outcomes of an upload.
-INGESTED, ALREADY, QUARANTINED, PASSED, WARNED = "ingested", "already", "quarantined", "passed", "warned"
 
 
 def ingest_upload(settings: Settings, key: str) -> dict[str, Any]:
@@ -42,7 +40,14 @@ def ingest_upload(settings: Settings, key: str) -> dict[str, Any]:
             m.upload(QUARANTINED)
             m.quarantine(e.code)
             log.warning("quarantined %s: %s", uri, e)
-            return {"key": key, "dataset_id": q.dataset_id, "outcome": QUARANTINED, "code": e.code, "reason": str(e)}
+            return {
+                "key": key,
+                "dataset_id": q.dataset_id,
+                "outcome": QUARANTINED,
+                "code": e.code,
+                "reason": str(e),
+                "hint": q.hint,
+            }
         if result.already:
             m.upload(ALREADY)
         else:
@@ -73,11 +78,17 @@ def validate_upload(settings: Settings, manifest: dict[str, Any], model: str | N
         result = validate_dataset(settings, manifest["dataset_id"], model=model)
         m.cells(manifest.get("n_obs") or 0)
         if not result.ok:
-            quarantine_dataset(settings, manifest["dataset_id"], result, upload=manifest.get("key"))
+            q = quarantine_dataset(settings, manifest["dataset_id"], result, upload=manifest.get("key"))
             m.quarantine(result.code or "invalid_input")
     if not result.ok:
         log.warning("quarantined %s: %s", manifest.get("key"), result.summary_line())
-        return {**manifest, "outcome": QUARANTINED, "code": result.code, "reason": result.summary_line()}
+        return {
+            **manifest,
+            "outcome": QUARANTINED,
+            "code": result.code,
+            "reason": result.summary_line(),
+            "hint": q.hint,
+        }
     # The dataset's ingestion run in MLflow, with the upload key (embedding runs nest under it).
     from pipelines.lineage import log_ingest_run
 
