@@ -296,3 +296,56 @@ def test_default_stack_mlflow_server_and_s3_lake(pipeline: dict, tmp_path: Path,
         assert chain["embeddings"][0]["rows"] == run.data.metrics["cells"]
     finally:
         services.down(stack)
+
+
+# --- the upload key, in one form ------------------------------------------------------------------
+
+
+def test_upload_key_is_the_lake_key(tmp_path: Path) -> None:
+    from pipelines.lineage.chain import upload_key
+
+    file_lake = Lake(Settings(home=tmp_path / "home", lake_uri=f"file://{tmp_path / 'lake'}"))
+    s3_lake = Lake(
+        Settings(
+            home=tmp_path / "home", lake_uri="s3://lake/pre", s3_endpoint_url="http://127.0.0.1:9", s3_access_key="k"
+        )
+    )
+    for lake in (file_lake, s3_lake):
+        for given in ("incoming/x.h5ad", "incoming//x.h5ad", lake.url("incoming/x.h5ad")):
+            assert upload_key(lake, given) == "incoming/x.h5ad", given
+        assert upload_key(lake, "incoming/lab/./x.h5ad") == "incoming/lab/x.h5ad"
+        assert upload_key(lake, None) is None
+    assert upload_key(file_lake, f"{tmp_path / 'lake'}/incoming/x.h5ad") == "incoming/x.h5ad"
+    # uploads from outside the lake keep their path or URI
+    assert upload_key(file_lake, "/data/x.h5ad") == "/data/x.h5ad"
+    assert upload_key(s3_lake, "/data/x.h5ad") == "/data/x.h5ad"
+    assert upload_key(s3_lake, "s3://other/incoming/x.h5ad") == "s3://other/incoming/x.h5ad"
+    assert upload_key(s3_lake, "file:///data/x.h5ad") == "file:///data/x.h5ad"
+
+
+def test_lineage_shows_a_quarantined_upload_by_its_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import hashlib
+
+    from pipelines.lineage import dataset_lineage, render_lineage
+    from pipelines.quarantine import quarantine
+
+    settings = Settings(home=tmp_path / "home", lake_uri=f"file://{tmp_path / 'lake'}", pushgateway_url=None)
+    lake = Lake(settings)
+    key = "incoming/lab/broken.h5ad"
+    data = b"not an h5ad\n"
+    lake.write_bytes(key, data)
+    dataset_id = hashlib.sha256(data).hexdigest()[:16]
+    # what the ingest step records: the upload's lake URL
+    reason = {"stage": "ingest", "code": "not_hdf5", "reason": "not an HDF5/.h5ad file", "hint": "upload an .h5ad"}
+    quarantine(settings, dataset_id, reason, key, upload=lake.url(key))
+    chain = dataset_lineage(settings, dataset_id)
+    assert chain["upload"]["key"] == key
+    assert chain["quarantine"]["source"] == key
+    text = render_lineage(chain)
+    assert f"upload      {key}" in text and lake.url(key) not in text
+
+    monkeypatch.setenv("SCLAKE_HOME", str(settings.home))
+    monkeypatch.setenv("SCLAKE_LAKE_URI", settings.lake_uri)
+    assert main(["lineage", dataset_id, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["upload"]["key"] == key and lake.url(key) not in out

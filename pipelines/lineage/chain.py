@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from pipelines.lake import PATHS, Lake, check_dataset_id
+from pipelines.errors import LakeError
+from pipelines.lake import PATHS, Lake, check_dataset_id, lake_key
 from pipelines.lineage import record, tracking
 
 if TYPE_CHECKING:
@@ -20,6 +21,31 @@ CHAIN_ENCODING = {"encoding-type": "sclake.lineage-chain", "encoding-version": "
 _MODEL_DIR_RE = re.compile(r"^embeddings/model=([^/]+)$")
 _RECORD_RE = re.compile(r"/lineage/model=([^/]+)\.json$")
 UPLOAD_KEYS = ("upload_key", "source", "source_uri", "uri")
+
+
+def upload_key(lake: Lake, value: Any) -> str | None:
+    """An upload as recorded, in one form: the lake key relative to the lake root.
+
+    Records hold uploads in the form their writer was given: a key (``incoming/x.h5ad``),
+    the lake URL of that key (``s3://lake/incoming/x.h5ad``) or, on a ``file://`` lake, its
+    absolute path. Each becomes ``incoming/x.h5ad``. An upload from outside the lake (a
+    local file, an object in another bucket) keeps its path or URI.
+    """
+    if not value:
+        return None
+    text = str(value)
+    in_lake_form = text.startswith(f"{lake.protocol}://") or (lake.protocol == "file" and text.startswith("/"))
+    if in_lake_form:
+        try:
+            return lake.rel(text) or text
+        except LakeError:  # outside the lake
+            return text
+    if "://" in text or text.startswith("/"):  # another store, or a local path
+        return text
+    try:
+        return lake_key(text)
+    except LakeError:
+        return text
 
 
 def _zarr(lake: Lake, dataset_id: str) -> dict[str, Any]:
@@ -101,8 +127,6 @@ def dataset_lineage(settings: Settings, dataset_id: str) -> dict[str, Any]:
     ValueError
         When ``dataset_id`` is not 16 hex digits.
     """
-    from pipelines.errors import LakeError
-
     check_dataset_id(dataset_id)
     lake = Lake(settings)
     ingest = record.read_record(lake, dataset_id) or {}
@@ -119,7 +143,9 @@ def dataset_lineage(settings: Settings, dataset_id: str) -> dict[str, Any]:
     if lake.exists(reason_rel):
         reason = lake.read_json(reason_rel)
         quarantine = {"url": lake.url(PATHS.quarantine(dataset_id)), **reason}
+        quarantine["source"] = upload_key(lake, reason.get("source"))
         upload = upload or reason.get("source")
+    upload = upload_key(lake, upload)
     embeddings = [_embedding(lake, dataset_id, m) for m in _models(lake, dataset_id)]
     if not (raw["exists"] or zarr["published"] or quarantine or embeddings or ingest):
         raise LakeError(
