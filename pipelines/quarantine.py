@@ -29,7 +29,7 @@ from typing import Any
 
 from pipelines import __version__
 from pipelines.errors import InputError, LakeError
-from pipelines.lake import HASH_BLOCK, PATHS, Lake, check_dataset_id, lake_key
+from pipelines.lake import HASH_BLOCK, PATHS, Lake, LakeKeyError, check_dataset_id, lake_key
 from pipelines.logs import get_logger
 from pipelines.settings import Settings
 
@@ -63,6 +63,15 @@ def reason_path(dataset_id: str) -> str:
 
 def is_quarantined(lake: Lake, dataset_id: str) -> bool:
     return lake.exists(reason_path(dataset_id))
+
+
+def _is_key_under(rel: str, prefix: str = "") -> bool:
+    """Whether ``rel`` is a canonical lake key under ``prefix`` (the lake root by default):
+    the only paths quarantine removes."""
+    try:
+        return lake_key(rel, prefix) == rel
+    except LakeKeyError:
+        return False
 
 
 def _remove_if_same(lake: Lake, rel: str, sha: str) -> bool:
@@ -126,7 +135,8 @@ def quarantine(
 
     Once the copy is verified and ``reason.json`` written, ``raw/<dataset_id>.h5ad``,
     ``source_rel`` when it is under ``incoming/`` or ``raw/``, and ``remove`` are deleted
-    (each only if it holds the same bytes), and so are the dataset's Zarr store and obs
+    (each only if it holds the same bytes, and only if it is a canonical lake key, with no
+    ``..`` that could lead out of its folder), and so are the dataset's Zarr store and obs
     Parquet. Running it again finishes an interrupted run.
 
     Raises
@@ -183,8 +193,9 @@ def quarantine(
         "sclake_version": __version__,
     }
     lake.write_json(reason_path(dataset_id), record)
-    owned = (PATHS.incoming + "/", PATHS.raw_dir + "/")
-    doomed = [PATHS.raw(dataset_id), *(s for s in [source_rel] if s and s.startswith(owned)), *remove]
+    owned = (PATHS.incoming, PATHS.raw_dir)
+    doomed = [PATHS.raw(dataset_id), *(s for s in [source_rel] if s and any(_is_key_under(s, p) for p in owned))]
+    doomed += [r for r in remove if _is_key_under(r)]
     for rel in dict.fromkeys(doomed):
         if rel != dest:
             _remove_if_same(lake, rel, sha)
@@ -250,7 +261,7 @@ def quarantine_dataset(
             from pipelines.ingest.raw import resolve_upload
 
             up = resolve_upload(lake, upload)
-            extra = (up.rel,) if up.in_incoming and up.rel else ()
+            extra = (up.rel,) if up.rel and _is_key_under(up.rel, PATHS.incoming) else ()
         except (InputError, LakeError):  # already moved to raw/ and removed: nothing more to remove
             pass
     reason = {

@@ -253,3 +253,21 @@ def test_release_target_is_normalised(settings_file: Settings, tmp_path: Path) -
     assert lake.read_bytes("incoming/lab/one.h5ad") == b"one\n"
     second = quarantined(settings_file, tmp_path, "two.h5ad", b"two\n")
     assert release(settings_file, second) == "incoming/two.h5ad"
+
+
+def test_quarantine_removes_nothing_outside_the_lake(settings_file: Settings, tmp_path: Path) -> None:
+    lake = Lake(settings_file)
+    lake.write_bytes("incoming/another.h5ad", b"another")  # incoming/ exists, so incoming/../.. resolves
+    data = b"bytes outside the lake\n"
+    victim = tmp_path / "victim.h5ad"  # what incoming/../../victim.h5ad names in the lake at tmp_path/lake
+    victim.write_bytes(data)
+    other = tmp_path / "other.h5ad"
+    other.write_bytes(data)
+    dataset_id = sha(data)[:16]
+    reason = {"stage": "ingest", "code": "not_hdf5", "reason": "not an HDF5/.h5ad file", "hint": "upload an .h5ad"}
+    entry = quarantine(
+        settings_file, dataset_id, reason, "incoming/../../victim.h5ad", remove=("incoming/../../other.h5ad",)
+    )
+    assert entry.file == "victim.h5ad"
+    assert lake.read_bytes(f"{PATHS.quarantine(dataset_id)}/victim.h5ad") == data
+    assert victim.read_bytes() == data and other.read_bytes() == data
