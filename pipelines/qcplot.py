@@ -115,8 +115,20 @@ def pick_color_column(columns: pd.DataFrame, preferred: str | None = None) -> st
     return None
 
 
-def render_png(coords: np.ndarray, labels: pd.Series | None, title: str, explained: tuple[float, float]) -> bytes:
-    """Scatter of ``coords`` coloured by ``labels`` (the most frequent categories in the legend), as PNG bytes."""
+SYNTHETIC_NOTE = "Synthetic model: random weights. This layout says nothing about the cells."
+
+
+def render_png(
+    coords: np.ndarray,
+    labels: pd.Series | None,
+    title: str,
+    explained: tuple[float, float],
+    note: str | None = None,
+) -> bytes:
+    """Scatter of ``coords`` coloured by ``labels`` (the most frequent categories in the legend), as PNG bytes.
+
+    ``note`` is printed in red under the title (e.g. :data:`SYNTHETIC_NOTE`).
+    """
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -143,7 +155,9 @@ def render_png(coords: np.ndarray, labels: pd.Series | None, title: str, explain
     ax.set_xlabel(f"PC1 ({100 * explained[0]:.1f}% variance)")
     ax.set_ylabel(f"PC2 ({100 * explained[1]:.1f}% variance)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    if note:
+        fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=10, color="firebrick", weight="bold")
+    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -158,6 +172,7 @@ def write_qc_plot(
     max_cells: int = MAX_CELLS,
     seed: int = 0,
     lake: Lake | None = None,
+    synthetic: bool | None = None,
 ) -> QcPlot:
     """Draw the PCA QC plot of a dataset's ``model`` embeddings and write it to ``reports/<id>/qc/<model>.png``.
 
@@ -167,6 +182,9 @@ def write_qc_plot(
         Obs column to colour by; default ``cell_type`` when present, else another categorical column.
     max_cells
         Cells drawn at most (a reproducible sample, ``seed``).
+    synthetic
+        Whether the model's weights are random (``sclake models synthesize``); the plot then
+        says so. Default: read from the model's manifest.
     """
     lake = lake or Lake(settings)
     matrix, columns, total = read_embedding_sample(lake, model, dataset_id, max_cells=max_cells, seed=seed)
@@ -174,8 +192,23 @@ def write_qc_plot(
     color = pick_color_column(columns, color_by)
     drawn = f"{len(coords):,} of {total:,} cells" if len(coords) < total else f"{total:,} cells"
     title = f"{model} embeddings of dataset {dataset_id}: PCA, {drawn}"
-    png = render_png(coords, columns[color] if color else None, title, explained)
+    if synthetic is None:
+        synthetic = _is_synthetic(settings, model)
+    note = SYNTHETIC_NOTE if synthetic else None
+    png = render_png(coords, columns[color] if color else None, title, explained, note)
     rel = PATHS.qc_plot(dataset_id, model)
     lake.write_bytes(rel, png)
     log.info("QC plot of %s / %s (%s) written to %s", dataset_id, model, drawn, lake.url(rel))
     return QcPlot(rel, png, len(coords), total, color, explained)
+
+
+def _is_synthetic(settings: Settings, model: str) -> bool:
+    """Whether ``model``'s files are synthetic (random weights), from its manifest; False when unknown."""
+    from pipelines.errors import ConfigError
+    from pipelines.models import model_files, read_manifest
+
+    try:
+        manifest = read_manifest(model_files(settings, model))
+    except (ConfigError, OSError, KeyError, ValueError):
+        return False
+    return bool(manifest and manifest.get("synthetic"))

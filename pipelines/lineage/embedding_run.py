@@ -26,6 +26,7 @@ from pipelines.lineage.common import (
 )
 from pipelines.lineage.ingest_run import find_ingest_run, log_ingest_run
 from pipelines.logs import get_logger
+from pipelines.orchestration.outcomes import FINISHED_MS, STARTED_MS
 
 if TYPE_CHECKING:
     from pipelines.settings import Settings
@@ -116,6 +117,8 @@ def log_embedding_run(
     parent_run_id = parent_run_id or find_ingest_run(settings, dataset_id) or log_ingest_run(settings, dataset_id)
 
     result = as_dict(embed_result)
+    # When the step's work began and ended (epoch ms): the run spans the work, not its logging.
+    started_ms, finished_ms = result.pop(STARTED_MS, None), result.pop(FINISHED_MS, None)
     facts = model_facts(settings, model)
     _, schema = dataset_facts(lake, dataset_id)
     dataset_checks = validation_summary(lake, dataset_id, None)
@@ -134,6 +137,7 @@ def log_embedding_run(
             **validation_tags("validation", dataset_checks),
             **validation_tags("embedding_validation", output_checks),
         },
+        start_time=started_ms,
     )
     with failed_on_error(client, run_id):
         params = embedding_params(settings, dataset_id, model, result, manifest, facts)
@@ -158,11 +162,11 @@ def log_embedding_run(
         files["embeddings_manifest.json"] = json.dumps(manifest, indent=2, default=str).encode()
         files["model_files.json"] = json.dumps(facts, indent=2, default=str).encode()
         if qc_plot:
-            plot = write_qc_plot(settings, dataset_id, model, lake=lake)
+            plot = write_qc_plot(settings, dataset_id, model, lake=lake, synthetic=bool(facts.get("synthetic")))
             files[f"qc/{model}.png"] = plot.png
             tracking.log_run_data(client, run_id, params={"qc.color_by": plot.color_by, "qc.path": lake.url(plot.path)})
         tracking.log_artifacts(client, run_id, files)
-    client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(run_id, "FINISHED", end_time=finished_ms)
     _write_embedding_record(lake, settings, dataset_id, model, run_id, manifest, print_, parent_run_id)
     log.info("MLflow embedding run %s for dataset %s, model %s", run_id, dataset_id, model)
     return run_id

@@ -43,6 +43,7 @@ def log_ingest_run(
     upload_key: str | None = None,
     validation: Any = None,
     airflow: Mapping[str, Any] | None = None,
+    started_ms: int | None = None,
 ) -> str:
     """The MLflow run of a dataset's ingestion (created once per dataset; later calls return it).
 
@@ -89,7 +90,7 @@ def log_ingest_run(
     skip = ("dataset_id", "already")  # "already": whether this call found the dataset ingested before
     metrics, params = split_values("ingest", {k: v for k, v in result.items() if k not in skip})
     run_tags = common_tags(tracking.KIND_INGEST, dataset_id, airflow)
-    run_id = tracking.start_run(client, exp, f"ingest {dataset_id}", run_tags)
+    run_id = tracking.start_run(client, exp, f"ingest {dataset_id}", run_tags, start_time=started_ms)
     with failed_on_error(client, run_id):
         params.update(
             {

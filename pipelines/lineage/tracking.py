@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 EXPERIMENT = "sclake"
+# MLflow 3 opens an experiment in the view its kind names; without it, the GenAI (traces) view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 TAG_KIND = "sclake.kind"
 TAG_DATASET = "sclake.dataset_id"
 TAG_MODEL = "sclake.model"
@@ -78,12 +81,15 @@ def experiment_id(client: MlflowClient, settings: Settings) -> str:
 
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older sclake
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     location = None
     if tracking_uri(settings).startswith("sqlite:///"):
         location = (local_store_dir(settings) / "artifacts").as_uri()
+    tags = {"sclake": "lineage", EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
     try:
-        return client.create_experiment(EXPERIMENT, artifact_location=location, tags={"sclake": "lineage"})
+        return client.create_experiment(EXPERIMENT, artifact_location=location, tags=tags)
     except MlflowException:  # created by a concurrent step a moment ago
         exp = client.get_experiment_by_name(EXPERIMENT)
         if exp is None:
@@ -112,9 +118,15 @@ def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def start_run(client: MlflowClient, exp_id: str, name: str, tags: Mapping[str, Any]) -> str:
-    """Create a run and return its id (a REST tracking server takes string tags only)."""
-    return client.create_run(exp_id, run_name=name, tags=clean_tags(tags)).info.run_id
+def start_run(
+    client: MlflowClient, exp_id: str, name: str, tags: Mapping[str, Any], start_time: int | None = None
+) -> str:
+    """Create a run and return its id (a REST tracking server takes string tags only).
+
+    ``start_time`` (epoch milliseconds): when the step's work began, so that the run spans
+    the work and not only its logging; default now.
+    """
+    return client.create_run(exp_id, start_time=start_time, run_name=name, tags=clean_tags(tags)).info.run_id
 
 
 def flat_params(prefix: str, obj: Any) -> dict[str, str]:

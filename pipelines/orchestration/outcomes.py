@@ -20,3 +20,15 @@ def refusal_message(manifest: dict[str, Any]) -> str:
     if dataset_id:
         parts.append(f"kept in quarantine/{dataset_id}/ (see `sclake quarantine list`)")
     return "; ".join(parts)
+
+
+# Manifest keys: when a step's work began and ended (epoch milliseconds), for lineage runs
+# that span the work rather than their own logging.
+STARTED_MS = "started_at_ms"
+FINISHED_MS = "finished_at_ms"
+
+
+def now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)

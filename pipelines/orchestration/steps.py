@@ -12,7 +12,16 @@ from typing import Any
 
 from pipelines.lake import PATHS, Lake
 from pipelines.logs import get_logger
-from pipelines.orchestration.outcomes import ALREADY, INGESTED, PASSED, QUARANTINED, WARNED
+from pipelines.orchestration.outcomes import (
+    ALREADY,
+    FINISHED_MS,
+    INGESTED,
+    PASSED,
+    QUARANTINED,
+    STARTED_MS,
+    WARNED,
+    now_ms,
+)
 from pipelines.settings import Settings
 
 log = get_logger(__name__)
@@ -29,6 +38,7 @@ def ingest_upload(settings: Settings, key: str) -> dict[str, Any]:
     from pipelines.metrics import step_metrics
     from pipelines.quarantine import quarantine_upload
 
+    started = now_ms()
     lake = Lake(settings)
     # A URI or a local file as given; otherwise a key relative to the lake (e.g. ``incoming/x.h5ad``).
     uri = key if "://" in key or Path(key).exists() else lake.url(key)
@@ -54,7 +64,7 @@ def ingest_upload(settings: Settings, key: str) -> dict[str, Any]:
             m.upload(INGESTED)
             m.cells(result.n_obs)
     outcome = ALREADY if result.already else INGESTED
-    return {"key": key, "dataset_id": result.dataset_id, "outcome": outcome, "n_obs": result.n_obs}
+    return {"key": key, "dataset_id": result.dataset_id, "outcome": outcome, "n_obs": result.n_obs, STARTED_MS: started}
 
 
 def validate_upload(settings: Settings, manifest: dict[str, Any], model: str | None = None) -> dict[str, Any]:
@@ -92,7 +102,13 @@ def validate_upload(settings: Settings, manifest: dict[str, Any], model: str | N
     # The dataset's ingestion run in MLflow, with the upload key (embedding runs nest under it).
     from pipelines.lineage import log_ingest_run
 
-    run_id = log_ingest_run(settings, manifest["dataset_id"], upload_key=manifest.get("key"), validation=result)
+    run_id = log_ingest_run(
+        settings,
+        manifest["dataset_id"],
+        upload_key=manifest.get("key"),
+        validation=result,
+        started_ms=manifest.get(STARTED_MS),
+    )
     return {
         **manifest,
         "outcome": WARNED if result.warnings else PASSED,
@@ -127,12 +143,13 @@ def embed(
     from pipelines.embed import embed_dataset
     from pipelines.metrics import step_metrics
 
+    started = now_ms()
     with step_metrics(settings, "embed", model=model, device=device or "auto") as m:
         result = embed_dataset(settings, dataset_id, model, device=device, precision=precision)
         summary = result.summary()
         m.set_labels(device=summary.get("device"))
         m.cells(summary.get("rows_written", summary.get("rows", 0)))
-    return {"dataset_id": dataset_id, "model": model, **summary}
+    return {"dataset_id": dataset_id, "model": model, **summary, STARTED_MS: started, FINISHED_MS: now_ms()}
 
 
 def validate_embeddings(settings: Settings, dataset_id: str, model: str) -> dict[str, Any]:
