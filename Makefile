@@ -85,3 +85,29 @@ compose-demo: compose-up-local  ## a sample .h5ad through the local stack's DAGs
 
 compose-down-local:  ## stop the local stack and every step container; VOLUMES=1 also removes the volumes
 	COMPOSE="$(COMPOSE)" VOLUMES="$(VOLUMES)" compose/local/down.sh
+
+# ---- images, built offline (docs/deployment.md, "Air-gapped builds") -------------------
+# `make images` builds sclake-worker:<version>-cpu, sclake-airflow:<version> and, where the CUDA
+# base is here or can be pulled, sclake-worker:<version>-cuda, with --network none. A public base
+# that cannot be pulled is replaced by the local Debian base ($(BASE_IMAGE), `make base-image`).
+WHEELHOUSE ?= build/wheelhouse
+BASE_IMAGE ?= sclake-base:bookworm
+PYTHON_IMAGE ?= python:3.11.13-slim-bookworm
+AIRFLOW_IMAGE ?= apache/airflow:slim-3.3.2-python3.11
+CUDA_IMAGE ?= nvidia/cuda:13.0.2-base-ubuntu24.04
+# auto: build the CUDA image where its base is available; yes: fail where it is not; no: skip it
+CUDA ?= auto
+IMAGES ?= worker-cpu airflow cuda
+
+.PHONY: images wheelhouse base-image
+
+base-image:  ## the local Debian base (debootstrap; root), rebuilt only when tools/base-image.sh changes
+	tools/base-image.sh $(BASE_IMAGE)
+
+wheelhouse:  ## every pinned requirement as a Linux x86_64 CPython 3.11 wheel in $(WHEELHOUSE) (needs PyPI)
+	TORCH_WHEELS=$(TORCH_WHEELS) TORCH_INDEX_URL=$(TORCH_INDEX_URL) .venv/bin/python tools/wheelhouse.py $(WHEELHOUSE)
+
+images: wheelhouse  ## all images, no network inside any build step
+	WHEELHOUSE=$(WHEELHOUSE) BASE_IMAGE=$(BASE_IMAGE) PYTHON_IMAGE=$(PYTHON_IMAGE) AIRFLOW_IMAGE=$(AIRFLOW_IMAGE) \
+	CUDA_IMAGE=$(CUDA_IMAGE) CUDA=$(CUDA) IMAGES="$(IMAGES)" TORCH_WHEELS=$(TORCH_WHEELS) \
+	TORCH_INDEX_URL=$(TORCH_INDEX_URL) tools/build-images.sh
