@@ -140,6 +140,11 @@ def run_demo(opts: DemoOptions, echo=print) -> dict[str, Any]:
     for r in rows:
         if r.name in ("prometheus", "pushgateway") and r.state == "running":
             echo(f"  {r.name:<11} {r.url}")
+    from pipelines.stack.monitoring import metrics_off_note
+
+    off = metrics_off_note()
+    if off:
+        echo(f"  {off}")
     echo(f"  Lake        {settings.lake_uri} at {settings.s3_endpoint_url} (keys in {settings.home / 'stack.env'})")
     echo(f"  Lineage     sclake lineage {dataset_id}")
     echo(f"Done in {time.monotonic() - started:.0f}s. Stop the services with `sclake stack down`.")

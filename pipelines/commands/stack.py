@@ -50,13 +50,18 @@ def down_cmd() -> None:
 
 @stack_app.command("status")
 def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Show each service's state; exits 1 when a required service is not running."""
+    """Show each service's state; exits 1 when one failed or is unhealthy, or the stack is down.
+
+    States: running, unhealthy, failed (started by the last `stack up`, no longer running),
+    not started (installed since `stack up`, or left out by SCLAKE_STACK_ONLY: `stack up`
+    starts it), stopped (the stack is down), not installed.
+    """
     from pipelines.settings import load_settings
     from pipelines.stack import services
 
     rows = services.status(load_settings())
     _print(rows, as_json)
-    if any(r.state in ("stopped", "unhealthy") for r in rows):
+    if any(r.problem for r in rows) or not any(r.state == "running" for r in rows):
         raise typer.Exit(1)
 
 

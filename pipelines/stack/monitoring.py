@@ -167,11 +167,27 @@ def monitoring_services(settings: Settings) -> list[Service]:
     return [*targets, prometheus_service(settings, jobs)]
 
 
+METRICS_PACKAGES = "prometheus prometheus-pushgateway prometheus-node-exporter"
+_BINARIES = {"prometheus": ("prometheus",), "pushgateway": ("prometheus-pushgateway", "pushgateway")}
+
+
+def metrics_off_note() -> str | None:
+    """One line when the embedded stack keeps no metrics (Prometheus or the Pushgateway missing), else None."""
+    missing = [name for name in ("prometheus", "pushgateway") if not find_binary(*_BINARIES[name])]
+    if not missing:
+        return None
+    return (
+        f"Metrics are OFF: {' and '.join(missing)} not installed, so no step or Airflow metrics are kept. "
+        f"To turn them on (Debian/Ubuntu): `sudo apt-get install {METRICS_PACKAGES}`, then `sclake stack up` again."
+    )
+
+
 def monitoring_notes(settings: Settings) -> list[str]:
-    """Lines for ``sclake stack up``: where to look at the metrics."""
+    """Lines for ``sclake stack up``: where to look at the metrics, or that there are none."""
     notes = []
     if find_binary("prometheus"):
         notes.append(f"Prometheus: http://{_addr(settings, settings.stack_prometheus_port)} (alerts under /alerts)")
-    else:
-        notes.append("Prometheus is not installed: `apt-get install prometheus prometheus-pushgateway` to keep metrics")
+    off = metrics_off_note()
+    if off:
+        notes.append(off)
     return notes

@@ -91,6 +91,25 @@ class ProcessManager:
     def log_file(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
+    @property
+    def started_file(self) -> Path:
+        """Names of the services the last ``stack up`` started (cleared by ``stack down``)."""
+        return self.run_dir / "started"
+
+    def started(self) -> set[str]:
+        try:
+            return set(self.started_file.read_text().split())
+        except FileNotFoundError:
+            return set()
+
+    def record_started(self, name: str) -> None:
+        names = self.started() | {name}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.started_file.write_text("\n".join(sorted(names)) + "\n")
+
+    def forget_started(self) -> None:
+        self.started_file.unlink(missing_ok=True)
+
     def pid(self, name: str) -> int | None:
         """The pid of a running service started by us, else ``None`` (stale pid files are removed)."""
         path = self.pid_file(name)

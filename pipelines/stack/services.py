@@ -146,9 +146,11 @@ def stack_env(settings: Settings, services: list[Service], started: set[str]) ->
     """What ``stack.env`` holds: endpoints of the services that run, plus the credentials."""
     env = dict(stack_credentials(settings.home))
     by_name = {s.name: s for s in services}
-    env["SCLAKE_LAKE_URI"] = f"s3://{BUCKET}"
-    env["SCLAKE_S3_ENDPOINT_URL"] = by_name["s3"].url
-    env["SCLAKE_MLFLOW_TRACKING_URI"] = by_name["mlflow"].url
+    if "s3" in by_name:
+        env["SCLAKE_LAKE_URI"] = f"s3://{BUCKET}"
+        env["SCLAKE_S3_ENDPOINT_URL"] = by_name["s3"].url
+    if "mlflow" in by_name:
+        env["SCLAKE_MLFLOW_TRACKING_URI"] = by_name["mlflow"].url
     if "pushgateway" in started:
         env["SCLAKE_PUSHGATEWAY_URL"] = by_name["pushgateway"].url
     return env
@@ -156,10 +158,23 @@ def stack_env(settings: Settings, services: list[Service], started: set[str]) ->
 
 @dataclass
 class ServiceStatus:
+    """One service as ``stack up`` / ``stack status`` report it.
+
+    ``state``: ``running``; ``unhealthy`` (runs, does not answer); ``failed`` (started by the
+    last ``stack up`` and no longer running: see its log); ``not started`` (the stack is up
+    but this service was not started with it: installed since, or left out by
+    ``SCLAKE_STACK_ONLY``; ``stack up`` again starts it); ``stopped`` (the stack is down);
+    ``not installed``.
+    """
+
     name: str
-    state: str  # running | stopped | not installed | unhealthy
+    state: str
     url: str
     pid: int | None
+
+    @property
+    def problem(self) -> bool:
+        return self.state in ("failed", "unhealthy")
 
 
 def up(settings: Settings | None = None) -> list[ServiceStatus]:
@@ -179,6 +194,7 @@ def up(settings: Settings | None = None) -> list[ServiceStatus]:
         if what != "not installed":
             started.add(svc.name)
             write_env_file(env_path, stack_env(settings, services, started))
+            pm.record_started(svc.name)
         out.append(
             ServiceStatus(
                 svc.name, "not installed" if what == "not installed" else "running", svc.url, pm.pid(svc.name)
@@ -195,21 +211,25 @@ def down(settings: Settings | None = None) -> list[str]:
     for svc in reversed(stack_services(settings)):
         if pm.stop(svc.name):
             stopped.append(svc.name)
+    pm.forget_started()
     return stopped
 
 
 def status(settings: Settings | None = None) -> list[ServiceStatus]:
     settings = settings or load_settings()
     pm = ProcessManager(settings.home)
+    started = pm.started()
     out = []
     for svc in stack_services(settings):
         pid = pm.pid(svc.name)
-        if not svc.available:
-            state = "not installed"
-        elif pid is None:
-            state = "stopped"
-        else:
+        if pid is not None:
             state = "running" if svc.healthy() else "unhealthy"
+        elif not svc.available:
+            state = "not installed"
+        elif svc.name in started:
+            state = "failed"
+        else:
+            state = "not started" if started else "stopped"
         out.append(ServiceStatus(svc.name, state, svc.url, pid))
     return out
 
