@@ -34,6 +34,37 @@ for service in "${services[@]}"; do
         todo+=("$service")
     fi
 done
+
+# sclake-local-airflow: sclake-airflow itself, or with celery 5.6 while it holds celery 5.7
+# (compose/local/airflow.Dockerfile). Redone whenever sclake-airflow changes.
+airflow_image=${SCLAKE_AIRFLOW_IMAGE:-sclake-airflow:0.1.0}
+local_airflow="sclake-local-airflow:$version"
+airflow_id=$(docker image inspect --format '{{.Id}}' "$airflow_image" 2>/dev/null || true)
+if [ -z "$airflow_id" ]; then
+    echo "build: $airflow_image is missing: run \`make images\` first" >&2
+    exit 1
+fi
+mkdir -p "$work"
+if [ "${FORCE:-0}" = 1 ] || [ "$(cat "$work/airflow.from" 2>/dev/null)" != "$airflow_id" ] \
+    || ! docker image inspect "$local_airflow" >/dev/null 2>&1; then
+    if docker run --rm --network none --entrypoint python "$airflow_image" \
+        -c "from celery.backends.database import retry" >/dev/null 2>&1; then
+        docker tag "$airflow_image" "$local_airflow"
+        echo "build: $local_airflow = $airflow_image"
+    else
+        wheel=celery-5.6.3-py3-none-any.whl
+        mkdir -p "$work/airflow"
+        if [ ! -f "$work/airflow/$wheel" ]; then
+            python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$work/airflow" "celery==5.6.3"
+        fi
+        echo "build: $local_airflow = $airflow_image with celery 5.6.3 (its celery 5.7 breaks the Celery provider)"
+        DOCKER_BUILDKIT=0 docker build --quiet --force-rm --network none \
+            --build-arg "AIRFLOW_IMAGE=$airflow_image" --build-arg "CELERY_WHEEL=$wheel" \
+            -f "$here/airflow.Dockerfile" -t "$local_airflow" "$work/airflow"
+    fi
+    echo "$airflow_id" >"$work/airflow.from"
+fi
+
 if [ "${#todo[@]}" -eq 0 ]; then
     echo "build: stand-in images present (FORCE=1 rebuilds)"
     exit 0

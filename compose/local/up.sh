@@ -42,7 +42,7 @@ while true; do
     [ -n "$ids" ] || { echo "compose-up-local: no container was started" >&2; exit 1; }
     # shellcheck disable=SC2086 # container ids, one per word
     states=$(docker inspect --format \
-        '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.State.ExitCode}} {{.HostConfig.RestartPolicy.Name}}' \
+        '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.State.ExitCode}} {{or .HostConfig.RestartPolicy.Name "no"}}' \
         $ids)
     waiting=()
     failed=()
