@@ -6,8 +6,6 @@ Command modules import only what they need to parse arguments; the steps themsel
 
 from __future__ import annotations
 
-import atexit
-import gc
 import importlib
 import sys
 import traceback
@@ -143,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """The ``sclake`` console script."""
-    # Registered first, so it runs after every other exit handler: with the objects of
-    # anndata, pandas, zarr and distributed loaded, the garbage collections of interpreter
-    # shutdown take most of a second after the command's work is done. Frozen objects are
-    # still released by reference counting; only the cycle searches over them are skipped.
-    atexit.register(gc.freeze)
+    # No gc.freeze() at exit to save the shutdown's cycle collections: after an S3 step
+    # (aiobotocore's loop objects, h5py's) the interpreter then crashed in its finalization
+    # (SIGSEGV, exit 139) once the command had already printed its result.
     sys.exit(main())
