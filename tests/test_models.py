@@ -507,3 +507,18 @@ def test_weights_the_manifest_does_not_describe_are_refused(tmp_path: Path) -> N
     BertForMaskedLM.from_pretrained(files.model_dir).save_pretrained(files.model_dir)
     with pytest.raises(ModelFilesError, match=r"would load the weights .*model\.safetensors.*does not describe"):
         check_model_files(settings, V1)
+
+
+def test_a_synthesized_model_folder_is_readable_by_other_users(tmp_path: Path) -> None:
+    """Containers read the model cache as another user: the folder gets the umask's mode, not mkdtemp's 0700."""
+    import os
+
+    from pipelines.models.synthesize import synthesize
+    from pipelines.settings import Settings
+
+    old = os.umask(0o022)
+    try:
+        files = synthesize(Settings(home=tmp_path, models_dir=tmp_path), "gf-6L-10M-i2048", tiny=True)
+    finally:
+        os.umask(old)
+    assert files.model_dir.stat().st_mode & 0o777 == 0o755

@@ -254,6 +254,11 @@ def synthesize(settings: Settings, name: str, tiny: bool = False, seed: int = 0,
     files.version_dir.mkdir(parents=True, exist_ok=True)
     _write_dictionaries(files, force=force)
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=files.version_dir))
+    # mkdtemp makes the folder 0700; a model folder is read by other users too (a worker
+    # container's user, say), as any folder mkdir would make under the process's umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    stage.chmod(0o777 & ~umask)
     try:
         _write_network(spec, stage, tiny=tiny, seed=seed)
         import torch
