@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "sample",
     "models",
     "ingest",
+    "uploads",
     "validate",
     "embed",
     "run",

@@ -292,8 +292,8 @@ class Lake:
     def size(self, rel: str) -> int:
         return int(self.fs.size(self.path(rel)))
 
-    def ls(self, rel: str = "", *, recursive: bool = False, suffix: str = "") -> list[str]:
-        """Relative paths of the files under ``rel`` (sorted; staging and hidden files excluded)."""
+    def ls(self, rel: str = "", *, recursive: bool = False, suffix: str = "", hidden: bool = False) -> list[str]:
+        """Relative paths of the files under ``rel`` (sorted; staging files excluded, hidden ones unless ``hidden``)."""
         base = self.path(rel)
         self.fs.invalidate_cache()
         try:
@@ -306,7 +306,7 @@ class Lake:
         out = []
         for name in found:
             r = self.rel(name)
-            if r.startswith(STAGING + "/") or any(part.startswith(".") for part in r.split("/")):
+            if r.startswith(STAGING + "/") or (not hidden and any(part.startswith(".") for part in r.split("/"))):
                 continue
             if r.endswith(suffix):
                 out.append(r)

@@ -17,15 +17,67 @@ from airflow.sdk import BaseSensorOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 UPLOAD_SUFFIXES = (".h5ad",)
+# What was said about files under incoming/ that are not ingested, so each is logged once.
+SKIPPED_REPORT = "reports/incoming-skipped.json"
+
+
+def skip_reason(key: str) -> str | None:
+    """Why a file under ``incoming/`` is not ingested, or ``None`` for an upload.
+
+    The rule: ``*.h5ad`` files (any case, any sub-folder) are uploads, except hidden ones
+    (a name or folder starting with ``.``), which upload tools use for partial files.
+    """
+    name = key.rsplit("/", 1)[-1]
+    if any(part.startswith(".") for part in key.split("/")):
+        return "hidden (a name or folder starting with '.' is a partial or hidden upload): rename it to ingest it"
+    if not name.lower().endswith(UPLOAD_SUFFIXES):
+        return "not an .h5ad file: only *.h5ad files are ingested"
+    return None
+
+
+def scan_incoming(lake) -> tuple[list[str], dict[str, str]]:
+    """``(uploads, skipped)`` under ``incoming/``: the keys to ingest and, for the others, why not."""
+    from pipelines.lake import PATHS
+
+    uploads, skipped = [], {}
+    for key in lake.ls(PATHS.incoming, recursive=True, hidden=True):
+        reason = skip_reason(key)
+        if reason is None:
+            uploads.append(key)
+        else:
+            skipped[key] = reason
+    return uploads, skipped
+
+
+def report_skipped(lake, skipped: dict[str, str]) -> list[str]:
+    """Log each skipped file once (kept in ``reports/incoming-skipped.json``); returns the newly reported keys."""
+    from pipelines.logs import get_logger
+
+    try:
+        known = lake.read_json(SKIPPED_REPORT) if lake.exists(SKIPPED_REPORT) else {}
+    except (OSError, ValueError):
+        known = {}
+    new = [k for k in skipped if k not in known]
+    for key in new:
+        get_logger(__name__).warning("not ingesting %s: %s", lake.url(key), skipped[key])
+    current = {k: known.get(k, v) for k, v in skipped.items()}
+    if current != known:
+        lake.write_json(SKIPPED_REPORT, current)
+    return new
 
 
 def list_uploads(settings=None) -> list[str]:
-    """Relative keys of the uploads waiting under ``incoming/`` (any sub-folder), oldest name first."""
-    from pipelines.lake import PATHS, Lake
+    """Relative keys of the uploads waiting under ``incoming/`` (any sub-folder), oldest name first.
+
+    Other files there are reported once each (:func:`report_skipped`) and left alone.
+    """
+    from pipelines.lake import Lake
     from pipelines.settings import load_settings
 
     lake = Lake(settings or load_settings())
-    return [k for k in lake.ls(PATHS.incoming, recursive=True) if k.lower().endswith(UPLOAD_SUFFIXES)]
+    uploads, skipped = scan_incoming(lake)
+    report_skipped(lake, skipped)
+    return uploads
 
 
 class UploadsTrigger(BaseTrigger):
