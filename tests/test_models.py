@@ -429,6 +429,8 @@ def test_safetensors_v1_model_is_accepted(bin_and_safetensors: tuple[Settings, S
     assert model_status(as_bin, V1).weights_file == "pytorch_model.bin"
     # lineage names the weights file that was loaded
     facts = model_facts(as_st, V1)
+    assert facts["weights_file"] == "model.safetensors"  # logged as the run parameter model.weights_file
+    assert model_facts(as_bin, V1)["weights_file"] == "pytorch_model.bin"
     assert f"geneformer/v1/{V1}/model.safetensors" in facts["files"]
     assert f"geneformer/v1/{V1}/pytorch_model.bin" not in facts["files"]
 

@@ -51,6 +51,7 @@ def model_facts(settings: Settings, model: str) -> dict[str, Any]:
         "version": files.version,
         "synthetic": bool(manifest and manifest.get("synthetic")),
         "tiny": bool(manifest and manifest.get("tiny")),
+        "weights_file": files.weights_file,  # the file from_pretrained loads (model.safetensors, ...)
         "manifest": "sclake" if manifest else "none (files as Helical publishes them)",
         "files": entries,
     }
