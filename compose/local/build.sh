@@ -47,19 +47,25 @@ fi
 mkdir -p "$work"
 if [ "${FORCE:-0}" = 1 ] || [ "$(cat "$work/airflow.from" 2>/dev/null)" != "$airflow_id" ] \
     || ! docker image inspect "$local_airflow" >/dev/null 2>&1; then
-    if docker run --rm --network none --entrypoint python "$airflow_image" \
-        -c "from celery.backends.database import retry" >/dev/null 2>&1; then
+    # What the Celery worker imports, and the wheel that fixes each failing import.
+    wheels=()
+    check() { docker run --rm --network none --entrypoint python "$airflow_image" -c "$1" >/dev/null 2>&1; }
+    check "from celery.backends.database import retry" || wheels+=("celery==5.6.3")
+    check "import redis" || wheels+=("async-timeout==5.0.1")
+    if [ "${#wheels[@]}" -eq 0 ]; then
         docker tag "$airflow_image" "$local_airflow"
         echo "build: $local_airflow = $airflow_image"
     else
-        wheel=celery-5.6.3-py3-none-any.whl
-        mkdir -p "$work/airflow"
-        if [ ! -f "$work/airflow/$wheel" ]; then
-            python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$work/airflow" "celery==5.6.3"
-        fi
-        echo "build: $local_airflow = $airflow_image with celery 5.6.3 (its celery 5.7 breaks the Celery provider)"
+        rm -rf "$work/airflow/wheels"
+        mkdir -p "$work/airflow/wheels" "$work/airflow/cache"
+        for spec in "${wheels[@]}"; do
+            python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$work/airflow/cache" "$spec" 2>/dev/null
+            file="${spec%%==*}"
+            cp "$work/airflow/cache/${file//-/_}-${spec##*==}-py3-none-any.whl" "$work/airflow/wheels/"
+        done
+        echo "build: $local_airflow = $airflow_image with ${wheels[*]} (see compose/local/airflow.Dockerfile)"
         DOCKER_BUILDKIT=0 docker build --quiet --force-rm --network none \
-            --build-arg "AIRFLOW_IMAGE=$airflow_image" --build-arg "CELERY_WHEEL=$wheel" \
+            --build-arg "AIRFLOW_IMAGE=$airflow_image" \
             -f "$here/airflow.Dockerfile" -t "$local_airflow" "$work/airflow"
     fi
     echo "$airflow_id" >"$work/airflow.from"
