@@ -91,8 +91,16 @@ IMAGES = (
 OVERRIDES = "overrides.txt"
 
 
+# Pythons the images run: the public base's, and Debian bookworm's (the local base). A
+# requirement that either needs is kept: e.g. redis needs async-timeout below 3.11.3.
+IMAGE_PYTHONS = ("3.11.2", PYTHON_FULL_VERSION)
+
+
 def _applies(marker: str | None) -> bool:
-    return marker is None or Marker(marker).evaluate(TARGET)
+    if marker is None:
+        return True
+    envs = ({**TARGET, "python_full_version": v, "implementation_version": v} for v in IMAGE_PYTHONS)
+    return any(Marker(marker).evaluate(env) for env in envs)
 
 
 def uv_export(groups: tuple[str, ...], root: Path = ROOT) -> dict[str, str]:
@@ -219,7 +227,7 @@ def render(image: Image, pins: dict[str, str]) -> str:
     head = [
         f"# Pinned requirements of {image.purpose}.",
         "# Generated from uv.lock by docker/export_requirements.py: do not edit by hand.",
-        f"# Platform: Linux x86_64, CPython {PYTHON_FULL_VERSION}. Groups: {', '.join(image.groups)}.",
+        f"# Platform: Linux x86_64, CPython {' or '.join(IMAGE_PYTHONS)}. Groups: {', '.join(image.groups)}.",
         f"# torch=={torch} comes from {source}.",
     ]
     return "\n".join(head + [f"{name}=={version}" for name, version in pins.items()]) + "\n"
