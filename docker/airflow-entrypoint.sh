@@ -10,7 +10,7 @@ if (($# == 0)); then
     exec airflow --help
 fi
 case "$1" in
-    airflow | bash | sh | python | python3 | sclake | celery | /*)
+    airflow | bash | sh | python | python3 | sclake | /*)
         exec "$@"
         ;;
     *)

@@ -15,7 +15,8 @@
 # Settings (environment): IMAGE_VERSION, WHEELHOUSE (build/wheelhouse), PYTHON_IMAGE,
 # AIRFLOW_IMAGE, CUDA_IMAGE, BASE_IMAGE, CUDA (auto | yes | no), PULL (1: try `docker pull`
 # for a missing public base, 0: never), IMAGES (which ones: "worker-cpu airflow cuda"),
-# PYTHON (the host Python that runs tools/wheelhouse.py).
+# PYTHON (the host Python that runs tools/wheelhouse.py), NO_CACHE (1: build without
+# Docker's layer cache), IMAGES_STATUS (a file that gets a line per image built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,20 +55,21 @@ wheelhouse_image() {  # folder tag
     current="$(docker image inspect --format "{{ index .Config.Labels \"${label}\" }}" "$2" 2>/dev/null || true)"
     if [[ "${current}" != "${sums}" ]]; then
         say "wheelhouse image $2 from $1 ($(du -sh "$1" | cut -f1))"
-        docker build --quiet --network none --label "${label}=${sums}" -f docker/wheelhouse.Dockerfile -t "$2" "$1" >/dev/null
+        docker build --quiet --network none ${NO_CACHE:+--no-cache} --label "${label}=${sums}" -f docker/wheelhouse.Dockerfile -t "$2" "$1" >/dev/null
     fi
 }
 
-build() {  # dockerfile tag build-arg...
-    local dockerfile="$1" tag="$2" start=${SECONDS}
+build() {  # dockerfile tag build-arg... (the first one names the base)
+    local dockerfile="$1" tag="$2" start=${SECONDS} cache=()
     shift 2
+    [[ -z "${NO_CACHE:-}" ]] || cache=(--no-cache)
     say "building ${tag} (${dockerfile}; $*)"
-    docker build --network none -f "${dockerfile}" "${@/#/--build-arg=}" -t "${tag}" . \
+    docker build --network none "${cache[@]}" -f "${dockerfile}" "${@/#/--build-arg=}" -t "${tag}" . \
         >"build/images-${tag//[:\/]/_}.log" 2>&1 \
         || { tail -n 40 "build/images-${tag//[:\/]/_}.log" >&2; say "building ${tag} failed"; exit 1; }
     say "built ${tag} in $((SECONDS - start)) s, $(docker image inspect --format '{{ .Size }}' "${tag}" | numfmt --to=iec)"
     if [[ -n "${IMAGES_STATUS:-}" ]]; then
-        echo "${tag} built $(date -u +%H:%M) (base $(printf '%s' "$*" | sed 's/.*IMAGE=//'))" >>"${IMAGES_STATUS}"
+        echo "${tag} built $(date -u +%H:%M) (base ${1#*=})" >>"${IMAGES_STATUS}"
     fi
 }
 
