@@ -127,12 +127,14 @@ def airflow_services(settings: Settings) -> list[Service]:
     return [
         Service(
             name="airflow",
-            argv=[venv_binary("airflow"), "standalone"],
+            # `airflow standalone` without the log servers (pipelines/stack/airflow_standalone.py)
+            argv=[sys.executable, "-m", "pipelines.stack.airflow_standalone"],
             host=settings.stack_host,
             port=settings.stack_airflow_port,
             health_url=f"http://{settings.stack_host}:{settings.stack_airflow_port}/api/v2/monitor/health",
             env=airflow_env(settings),
             cwd=settings.home,
+            prepare=lambda: ensure_private_state(settings),
             startup_timeout=420.0,
             after_start=lambda: create_pools(settings),
             install_hint="Install apache-airflow (a dependency of sclake: run `uv sync`).",
@@ -140,8 +142,34 @@ def airflow_services(settings: Settings) -> list[Service]:
     ]
 
 
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+
+
+def ensure_private_state(settings: Settings) -> None:
+    """Before Airflow starts: its admin password generated here, in a 0600 file, and its database 0600.
+
+    Airflow's simple auth manager generates a missing password and prints it to its log; a
+    password already in the file is neither generated nor printed, so no log holds it.
+    """
+    home = airflow_home(settings)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = home / PASSWORDS_FILE
+    try:
+        passwords = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        passwords = {}
+    if not passwords.get(ADMIN_USER):
+        passwords[ADMIN_USER] = secrets.token_urlsafe(12)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(passwords) + "\n")
+    for private in (path, home / "airflow.db", home / "sclake-secrets.json"):
+        if private.exists():
+            private.chmod(0o600)
+
+
 def admin_password(settings: Settings) -> str | None:
-    path = airflow_home(settings) / "simple_auth_manager_passwords.json.generated"
+    path = airflow_home(settings) / PASSWORDS_FILE
     try:
         return json.loads(path.read_text()).get(ADMIN_USER)
     except (FileNotFoundError, json.JSONDecodeError):
@@ -153,5 +181,5 @@ def airflow_notes(settings: Settings) -> list[str]:
     pw = admin_password(settings)
     return [
         f"Airflow UI:  {url}  (user {ADMIN_USER!r}, password {pw!r}; stored in "
-        f"{airflow_home(settings) / 'simple_auth_manager_passwords.json.generated'})"
+        f"{airflow_home(settings) / PASSWORDS_FILE})"
     ]

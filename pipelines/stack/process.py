@@ -146,14 +146,18 @@ class ProcessManager:
                 f"{svc.name}: port {svc.port} on {svc.host} is taken by another process; stop it or set "
                 f"SCLAKE_STACK_{svc.name.upper().replace('-', '_')}_PORT to a free port"
             )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if svc.prepare:
             svc.prepare()
         env = {**os.environ, **svc.env}
         # The environment's bin/ first: services spawn console scripts of their own.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        with open(self.log_file(svc.name), "ab") as logf:
+        # Private files: a service's log, and what it writes (databases, generated passwords),
+        # are for the user who runs the stack only (umask 077 in the service's processes).
+        log_fd = os.open(self.log_file(svc.name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(log_fd, 0o600)
+        with os.fdopen(log_fd, "ab") as logf:
             proc = subprocess.Popen(
                 [str(a) for a in svc.argv],
                 stdout=logf,
@@ -162,6 +166,7 @@ class ProcessManager:
                 cwd=svc.cwd,
                 env=env,
                 start_new_session=True,  # its own process group: stopped as a whole
+                umask=0o077,
             )
         self.pid_file(svc.name).write_text(str(proc.pid))
         if not self._wait_healthy(svc, proc.pid, timeout=svc.startup_timeout):

