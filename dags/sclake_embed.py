@@ -1,19 +1,25 @@
-"""sclake embeddings: scheduled on the datasets asset; for every configured model,
-embed each new dataset → validate the outputs → record lineage in MLflow.
+"""sclake embeddings: scheduled on the datasets asset, and every few minutes to catch up; for
+every configured model, embed each new dataset → validate the outputs → record lineage in MLflow.
 
 Wiring only: every task calls one step of `pipelines.orchestration.steps`. Embedding tasks
 run in the Airflow pool and queue of the model's resource profile (a GPU pool sized to the
 GPUs present), so GPU work never oversubscribes. Outputs are idempotent by dataset id: a
 dataset whose embeddings are already published is not embedded again.
+
+No dataset waits for a later upload: every run embeds the datasets its asset events name
+*and* every other validated dataset still without embeddings (an event that arrived while a
+run was queued or running is handled by the next run), and a catch-up run starts on its own
+every `SCLAKE_EMBED_CATCH_UP_MINUTES` (10) minutes. A run with nothing to do skips at once.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime
 from typing import Any
 
-from airflow.sdk import dag, task, task_group
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task, task_group
 
 from pipelines.orchestration.dagkit import (
     DATASETS,
@@ -29,20 +35,24 @@ from pipelines.orchestration.dagkit import (
     step_command,
 )
 
+CATCH_UP_MINUTES = int(os.environ.get("SCLAKE_EMBED_CATCH_UP_MINUTES", "10"))
+
 
 @task
 def pending(model: str, triggering_asset_events=None) -> list[str]:
-    """Datasets named by the triggering asset events; on a manual run, every one still missing."""
+    """Datasets named by the triggering asset events first, then every other one still missing."""
     from pipelines.orchestration.steps import datasets_to_embed
     from pipelines.settings import load_settings
 
+    settings = load_settings()
     ids = [
         event.extra["dataset_id"]
         for events in (triggering_asset_events or {}).values()
         for event in events
         if (event.extra or {}).get("dataset_id")
     ]
-    return datasets_to_embed(load_settings(), model, ids or None)
+    named = datasets_to_embed(settings, model, ids) if ids else []
+    return list(dict.fromkeys([*named, *datasets_to_embed(settings, model, None)]))
 
 
 @task
@@ -87,7 +97,9 @@ def _group_id(model: str) -> str:
 
 @dag(
     dag_id="sclake_embed",
-    schedule=[DATASETS],
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(f"*/{CATCH_UP_MINUTES} * * * *", timezone="UTC"), assets=[DATASETS]
+    ),
     start_date=datetime(2025, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -7,7 +7,8 @@ Wiring only: every task calls one step of `pipelines.orchestration.steps`.
 - Ingestion retries with exponential backoff (a transient object-store error); a file that
   cannot be used is quarantined and never retried.
 - Ingestion runs in the `sclake_ingest` pool (one slot): an upload is never converted twice,
-  and the same bytes under another name are recognised by their dataset id.
+  and the same bytes under another name are recognised by their dataset id. Validation runs
+  in the `sclake_validate` pool (one slot): a dataset id is validated, and announced, once.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def ingest(key: str) -> dict[str, Any]:
     return run_step("ingest_upload", key=key)
 
 
-@task(map_index_template=UPLOAD_KEY)
+@task(pool="sclake_validate", map_index_template=UPLOAD_KEY)
 def validate(manifest: dict[str, Any]) -> dict[str, Any]:
     return run_step("validate_upload", manifest=manifest)
 
@@ -115,6 +116,7 @@ def sclake_ingest() -> None:
                 "validate",
                 step_command("validate_upload", manifest=upstream_manifest("process_upload.ingest")),
                 model=model,
+                pool="sclake_validate",
                 map_index_template=UPLOAD_KEY,
             )
             ing >> val

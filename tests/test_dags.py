@@ -227,3 +227,4 @@ def test_kubernetes_mode_builds_pods_from_the_profiles(tmp_path: Path) -> None:
     assert "nvidia.com/gpu" not in cpu["limits"]
     assert cpu["pool"] == get_profile("gf-6L-10M-i2048").airflow_pool
     assert tasks["process_upload.ingest"]["pool"] == "sclake_ingest"
+    assert tasks["process_upload.validate"]["pool"] == "sclake_validate"

@@ -88,3 +88,14 @@ def test_the_qc_plot_of_a_synthetic_model_says_its_weights_are_random(steps_run:
         return int(((abs(pixels[..., 0] - 178) < 30) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)).sum())
 
     assert red_text(synthetic) > 200 and red_text(plain) == 0
+
+
+def test_a_dataset_is_validated_and_announced_once(steps_run: dict) -> None:
+    """The same bytes uploaded twice in one batch: whichever validation comes second finds the
+    dataset validated and reports `already` (its publish task skips: one asset event)."""
+    from pipelines.orchestration import steps
+
+    settings, manifest = steps_run["settings"], steps_run["manifest"]
+    twin = {"key": "incoming/lab/runs-again.h5ad", "dataset_id": manifest["dataset_id"], "outcome": "ingested"}
+    again = steps.validate_upload(settings, twin, model=MODEL)
+    assert again["outcome"] == "already" and "mlflow_ingest_run_id" not in again

@@ -70,15 +70,19 @@ def ingest_upload(settings: Settings, key: str) -> dict[str, Any]:
 def validate_upload(settings: Settings, manifest: dict[str, Any], model: str | None = None) -> dict[str, Any]:
     """Validate an ingested dataset (unless it was already); quarantine it when it fails.
 
-    An upload recognised as ``already`` ingested is validated only when an earlier run
-    stopped between ingestion and validation. Quarantined uploads pass through.
+    A dataset is validated once: an upload whose dataset was validated meanwhile (the same
+    bytes uploaded twice in one batch, say) comes back as ``already``, so that only one
+    upload announces it. Callers run validations one at a time (the DAG's
+    ``sclake_validate`` pool), which makes this check race-free. An upload recognised as
+    ``already`` ingested is validated only when an earlier run stopped between ingestion and
+    validation. Quarantined uploads pass through.
     """
     if manifest.get("outcome") not in (INGESTED, ALREADY):
         return manifest
     from pipelines.validate import is_validated
 
-    if manifest["outcome"] == ALREADY and is_validated(Lake(settings), manifest["dataset_id"]):
-        return manifest
+    if is_validated(Lake(settings), manifest["dataset_id"]):
+        return {**manifest, "outcome": ALREADY}
     from pipelines.metrics import step_metrics
     from pipelines.quarantine import quarantine_dataset
     from pipelines.validate import validate_dataset

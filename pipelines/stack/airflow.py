@@ -80,7 +80,10 @@ def airflow_env(settings: Settings) -> dict[str, str]:
 
 def pools(settings: Settings) -> dict[str, tuple[int, str]]:
     """Airflow pools the DAGs use: ingest is serialised; compute pools come from the profiles."""
-    out = {"sclake_ingest": (1, "one ingestion at a time (each uses the whole Dask cluster)")}
+    out = {
+        "sclake_ingest": (1, "one ingestion at a time (each uses the whole Dask cluster)"),
+        "sclake_validate": (1, "one validation at a time: a dataset id is validated, and announced, once"),
+    }
     try:
         from pipelines.profiles import load_profiles
     except ImportError:
