@@ -214,3 +214,48 @@ def test_block_with_other_gene_count_is_refused(tiny_model, model_settings):
     plan = plan_genes(list(vocab.gene_medians)[:5], vocab)
     with pytest.raises(ValueError, match="5"):
         rank_value_encode(sp.csr_matrix(np.ones((2, 4), dtype=np.float32)), plan, vocab)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint16", "float64", "float16"])
+def test_the_same_counts_give_the_same_tokens_whatever_the_stored_dtype(dtype, adata, tiny_model, model_settings):
+    """Counts stored as integers or wider floats are tokenised as the float32 counts Helical sees
+    in its common case (float16 only where its values are exact, as small counts are)."""
+    vocab = Vocabulary.from_model_files(model_files(model_settings, tiny_model))
+    plan = plan_genes(list(adata.var["ensembl_id"]), vocab)
+    x32 = adata.X.tocsr().astype(np.float32)
+    if dtype == "float16":
+        x32.data = np.minimum(x32.data, 2048)  # float16 holds every integer up to 2,048 exactly
+    other = x32.astype(dtype)
+    assert np.array_equal(other.data.astype(np.float32), x32.data)
+    ours, reference = rank_value_encode(other, plan, vocab), rank_value_encode(x32, plan, vocab)
+    assert np.array_equal(ours.offsets, reference.offsets)
+    assert np.array_equal(ours.ids, reference.ids), f"{dtype}: other tokens than for float32"
+
+
+def test_counts_float32_cannot_hold_exactly_keep_their_dtype(tiny_model, model_settings):
+    from pipelines.embed.tokenizer import counts_as_float32
+
+    x = sp.csr_matrix(np.array([[2**24 + 1, 3], [0, 5]], dtype=np.int64))
+    assert counts_as_float32(x).dtype == np.int64  # float32 would round 16,777,217
+    y = sp.csr_matrix(np.array([[0.5, 0.1]], dtype=np.float64))
+    assert counts_as_float32(y).dtype == np.float64  # 0.1 is not a float32
+    assert counts_as_float32(sp.csr_matrix(np.array([[7, 0]], dtype=np.int16))).dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "float64"])
+def test_a_near_tie_is_ordered_as_in_float32_whatever_the_dtype(dtype):
+    """Two genes whose normalised values differ only in the last bits: computed in int64/float64
+    arithmetic they swap places; as float32 counts they keep Helical's float32 order."""
+    genes = [f"ENSG{i:011d}" for i in range(1, 4)]
+    medians = [6.886865646358878, 4.902514449856197, 6.9156226326523065]
+    vocab = Vocabulary(
+        {"<pad>": 0, "<mask>": 1, **{g: i + 2 for i, g in enumerate(genes)}},
+        dict(zip(genes, medians, strict=True)),
+        {g: g for g in genes},
+        16,
+        False,
+    )
+    plan = plan_genes(genes, vocab)
+    counts = np.array([[59, 42, 23]])
+    as_float32 = rank_value_encode(sp.csr_matrix(counts.astype(np.float32)), plan, vocab).cell(0).tolist()
+    assert rank_value_encode(sp.csr_matrix(counts.astype(dtype)), plan, vocab).cell(0).tolist() == as_float32

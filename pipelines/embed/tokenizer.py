@@ -222,6 +222,35 @@ class Tokens:
         return Tokens(self.ids[index], offsets)
 
 
+FLOAT32_EXACT_INTEGERS = 2**24  # every integer up to this is a float32
+
+
+def counts_as_float32(x: sp.csr_matrix) -> sp.csr_matrix:
+    """The block with float32 counts when that changes no value, else as it is.
+
+    Helical computes in the stored dtype, so the same counts stored as int64 or float64
+    normalise with other rounding than as float32 and can order near-equal genes
+    differently (as can float16, whose sums overflow and round). Counts that float32 holds
+    exactly (integers up to 2**24, floats that are float32 values) are therefore tokenised
+    as float32, Helical's common case: the same count values give the same tokens whatever
+    the dtype they were stored in.
+    """
+    data = x.data
+    if data.dtype == np.float32 or data.dtype.kind not in "iuf":
+        return x
+    if data.dtype.kind in "iu":
+        exact = data.size == 0 or (
+            int(data.max()) <= FLOAT32_EXACT_INTEGERS and int(data.min()) >= -FLOAT32_EXACT_INTEGERS
+        )
+        as32 = data.astype(np.float32) if exact else None
+    else:
+        as32 = data.astype(np.float32)
+        exact = data.dtype.itemsize < 4 or bool(np.array_equal(as32.astype(data.dtype), data, equal_nan=True))
+    if not exact:
+        return x
+    return sp.csr_matrix((as32, x.indices, x.indptr), shape=x.shape)
+
+
 def _row_sums(x: sp.csr_matrix) -> np.ndarray:
     # Exactly Helical's ``adata.X.sum(axis=1)``: SciPy picks the accumulator dtype.
     return np.asarray(x.sum(axis=1)).ravel()
@@ -242,6 +271,7 @@ def normalised_values(
         raise ValueError(f"the block has {x.shape[1]} genes but the gene plan was built for {plan.n_vars}")
     if not x.has_sorted_indices:
         x = x.sorted_indices()
+    x = counts_as_float32(x)
     n_rows = x.shape[0]
     totals = _row_sums(x) if n_counts is None else np.asarray(n_counts).reshape(-1)
     if len(totals) != n_rows:
