@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 
 # Version of the token format and of the encoding rules; part of the vocabulary hash.
-TOKENIZER_VERSION = "1"
+TOKENIZER_VERSION = "2"  # 2: counts float32 holds exactly are tokenised as float32
 TARGET_SUM = 10_000
 # Rows sorted together: a (rows x longest row) array of keys is built per group.
 SORT_ROWS = 256
