@@ -387,6 +387,23 @@ class Lake:
     def _rename(self, src: str, dst: str) -> None:
         Path(dst).parent.mkdir(parents=True, exist_ok=True)
         Path(src).replace(dst)
+        self._prune_staging(Path(src).parent)
+
+    def _prune_staging(self, folder: Path) -> None:
+        """Remove the empty folders a commit left under ``_staging/`` (``file://``), ``_staging`` too.
+
+        Only empty folders go (``rmdir``); a folder another writer is filling stays.
+        """
+        root = Path(self.path(STAGING))
+        while folder == root or folder.is_relative_to(root):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or already gone: then its parent may be empty)
+                if folder.exists():
+                    return
+            if folder == root:
+                return
+            folder = folder.parent
 
     # -- atomic publish -------------------------------------------------------------------------------
 
@@ -429,6 +446,7 @@ class Lake:
                 self.fs.rm(str(dst), recursive=True)
             dst.parent.mkdir(parents=True, exist_ok=True)
             src.replace(dst)  # one rename: the whole tree appears at once
+            self._prune_staging(src.parent)
             return
         # S3: copy every staged object into place, one after the other (rclone's server fails
         # concurrent writes that create files in one new folder), then write the marker last.

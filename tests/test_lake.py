@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipelines.errors import LakeError
@@ -128,3 +130,23 @@ def test_large_objects_are_copied_on_s3(settings_s3, tmp_path, monkeypatch, limi
     assert lake.is_published("zarr/big.zarr")
     assert lake.size("zarr/big.zarr/c/0") == len(data)
     assert lake.read_bytes("zarr/big.zarr/zarr.json") == b"{}"
+
+
+def test_commits_leave_no_empty_staging_folders(settings_file, tmp_path) -> None:
+    lake = Lake(settings_file)
+    root = Path(lake.path(""))
+    local = tmp_path / "x.bin"
+    local.write_bytes(b"x")
+    lake.put(local, "raw/deep/x.bin")
+    with lake.publishing(PATHS.zarr(DID)) as stage:
+        lake.write_bytes(f"{stage}/a/0", b"0")
+    with lake.publishing("embeddings/model=m/dataset_id=" + DID) as stage:
+        lake.write_bytes(f"{stage}/part-00000.parquet", b"p")
+    assert not (root / "_staging").exists(), sorted(str(p) for p in (root / "_staging").rglob("*"))
+    # A folder another writer is filling stays.
+    other = root / "_staging" / "embeddings" / "model=m" / "dataset_id=other"
+    other.mkdir(parents=True)
+    (other / "part-00000.parquet").write_bytes(b"q")
+    with lake.publishing("embeddings/model=m/dataset_id=" + DID[::-1]) as stage:
+        lake.write_bytes(f"{stage}/part-00000.parquet", b"p")
+    assert (other / "part-00000.parquet").read_bytes() == b"q"
