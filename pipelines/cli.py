@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = _verbose(args)
+    if not verbose:
+        _quiet_helpers()
 
     def traceback_if_verbose(e: BaseException) -> None:
         if verbose:
@@ -132,12 +134,61 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as e:  # noqa: BLE001 - the entry point turns any failure into one line
         traceback_if_verbose(e)
-        reason = str(e).splitlines()[0] if str(e) else ""
         hint = "" if verbose else " (run with -v for the traceback)"
+        unreachable = _unreachable_endpoint(e)
+        if unreachable:
+            print(f"sclake: error: {unreachable}{hint}", file=sys.stderr)
+            return 1
+        reason = str(e).splitlines()[0] if str(e) else ""
         print(f"sclake: error: {type(e).__name__}: {reason}{hint}", file=sys.stderr)
         return 1
     # Without standalone mode a command's `typer.Exit(n)` comes back as the return value.
     return rv if isinstance(rv, int) else 0
+
+
+def _quiet_helpers() -> None:
+    """Without -v a failure reaches the user once, as the command's one line.
+
+    Dask workers would print each failed task ("Compute Failed" with its traceback), asyncio
+    the exceptions its cancelled S3 requests leave behind, and multiprocessing's resource
+    tracker its leak warnings at exit; all of them are shown with -v.
+    """
+    import logging
+    import os
+
+    from pipelines import logs
+
+    logs.QUIET_WORKERS = True  # read by pipelines.dask_cluster (clusters this process starts)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
+def _unreachable_endpoint(error: BaseException) -> str | None:
+    """One line for an object store or tracking server that does not answer, or None.
+
+    Names the endpoint and what to do; the error may have come back from a Dask worker.
+    """
+    import os
+    import re
+
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e)
+        name = type(e).__name__
+        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError") or (
+            isinstance(e, ConnectionError) and "http" in text
+        ):
+            m = re.search(r"https?://[^/\s\"']+", text)
+            endpoint = m.group(0) if m else os.environ.get("SCLAKE_S3_ENDPOINT_URL", "the S3 endpoint")
+            return (
+                f"cannot reach {endpoint} ({name}): start the server (the embedded stack: `sclake stack up`) "
+                "or set SCLAKE_S3_ENDPOINT_URL / SCLAKE_MLFLOW_TRACKING_URI to one that answers, then run the "
+                "command again (finished work is kept)"
+            )
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def run() -> None:

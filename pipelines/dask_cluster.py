@@ -37,6 +37,14 @@ WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": None}
 QUIET_LOGGERS = ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny", "tornado")
 
 
+def _worker_log_level() -> int:
+    """Level of the workers' own log lines: ERROR ("Compute Failed" dumps reach task logs), or
+    CRITICAL for the CLI without -v (:data:`pipelines.logs.QUIET_WORKERS`)."""
+    from pipelines import logs
+
+    return logging.CRITICAL if logs.QUIET_WORKERS else logging.ERROR
+
+
 @contextlib.contextmanager
 def _spawnable_main() -> Iterator[None]:
     """Keep spawned worker processes from re-running the host program's ``__main__`` script.
@@ -116,7 +124,7 @@ def dask_client(settings: Settings, *, preload: Sequence[str] = ()) -> Iterator[
                 dashboard_address=None,
                 # No dashboard; the scheduler's health endpoints listen on a free local port.
                 scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-                silence_logs=logging.ERROR,
+                silence_logs=_worker_log_level(),
             )
         # Not entered as a context manager and not the default client: the client may be
         # started in one thread and closed in another (BackgroundClient).

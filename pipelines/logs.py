@@ -7,6 +7,9 @@ import sys
 import time
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Set by the CLI without -v: Dask workers this process starts log nothing below CRITICAL
+# (their "Compute Failed" dumps), so a failure reaches the user as the command's one line.
+QUIET_WORKERS = False
 
 
 def setup_logging(level: str | int = "INFO", *, stream: bool = True) -> None:

@@ -40,3 +40,67 @@ def test_a_step_on_an_s3_lake_exits_with_its_status(settings_s3, tmp_path: Path)
         )
         assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
         assert json.loads(r.stdout.strip().splitlines()[-1])["outcome"] == "quarantined"
+
+
+@pytest.mark.slow
+def test_an_s3_server_dying_mid_ingest_gives_one_line(tmp_path: Path) -> None:
+    """The object store goes away while Dask tasks write parts: the user reads one line that
+    names the endpoint and what to do (Dask's task dumps and tracebacks only with -v)."""
+    import signal
+    import socket
+    import time
+
+    from pipelines.sample import write_sample
+    from tests.conftest import free_port, rclone_binary
+
+    sample = write_sample(tmp_path / "big.h5ad", cells=20000, genes=4000, seed=9)
+    (tmp_path / "s3" / "lake").mkdir(parents=True)
+    port = free_port()
+    server = subprocess.Popen(
+        [rclone_binary(), "serve", "s3", str(tmp_path / "s3"), "--addr", f"127.0.0.1:{port}"],
+        env={**os.environ, "RCLONE_AUTH_KEY": '"sclaketestkey123,sclaketestsecret1234567890"'},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCLAKE_")}
+    env.update(
+        SCLAKE_HOME=str(tmp_path / "home"),
+        SCLAKE_LAKE_URI="s3://lake",
+        SCLAKE_S3_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        SCLAKE_S3_ACCESS_KEY="sclaketestkey123",
+        SCLAKE_S3_SECRET_KEY="sclaketestsecret1234567890",
+        SCLAKE_PART_CELLS="1000",
+        SCLAKE_DASK_WORKERS="2",
+    )
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("sclake")), "ingest", str(sample)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    try:
+        for line in proc.stderr:  # the server dies once the first part is written
+            lines.append(line)
+            if " part 1/" in line or " part 2/" in line:
+                os.killpg(server.pid, signal.SIGKILL)
+                break
+        lines += proc.stderr.readlines()
+        proc.wait(timeout=300)
+    finally:
+        server.kill()
+        proc.kill()
+    assert proc.returncode == 1, "".join(lines)
+    said = [line for line in lines if " INFO " not in line and line.strip()]
+    assert len(said) == 1, "".join(said)
+    assert said[0].startswith(f"sclake: error: cannot reach http://127.0.0.1:{port}"), said[0]
+    assert "sclake stack up" in said[0]
