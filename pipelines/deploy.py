@@ -83,6 +83,12 @@ def step_environment(settings: Settings, gpus: int = 0) -> dict[str, str]:
         "CACHE_DIR_HELICAL_PREFIX": MODEL_CACHE_PATH,
         "SCLAKE_MODELS": settings.models,
         "SCLAKE_LOG_LEVEL": settings.log_level,
+        # How the run computes: the same parts, and the same local Dask cluster as the
+        # Airflow worker would start (it must fit the container's memory limit).
+        "SCLAKE_PART_CELLS": str(settings.part_cells),
+        "SCLAKE_SHARD_CELLS": str(settings.shard_cells),
+        "SCLAKE_DASK_WORKERS": str(settings.dask_workers),
+        "SCLAKE_DASK_WORKER_MEMORY": settings.dask_worker_memory,
         "HF_HUB_OFFLINE": "1",
         "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
         "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
