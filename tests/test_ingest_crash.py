@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -113,3 +114,32 @@ def test_cli_prints_one_line_error_for_an_unusable_file(settings_file: Settings,
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("sclake: error: not an HDF5/.h5ad file")
+
+
+def test_a_matrix_declaring_a_huge_shape_is_refused_fast_and_small(settings_file: Settings, tmp_path: Path) -> None:
+    """A CSR group whose attributes declare 10^9 x 10^6 over a few stored values: refused from
+    its metadata, without allocating what the shape promises."""
+    import resource
+
+    import h5py
+
+    from pipelines.sample import write_sample
+
+    path = write_sample(tmp_path / "huge.h5ad", cells=50, genes=200, seed=1)
+    with h5py.File(path, "r+") as f:
+        f["X"].attrs["shape"] = np.array([10**9, 10**6], dtype=np.int64)
+    start = time.monotonic()
+    out = subprocess.run(
+        [SCLAKE, "ingest", str(path)],
+        env=cli_env(settings_file),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    took = time.monotonic() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child so far
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("sclake: error: ")
+    assert took < 60, f"refused after {took:.0f}s"
+    assert peak < 2 * 2**30, f"peak RSS {peak / 2**30:.1f} GiB"
