@@ -10,8 +10,7 @@
     query never sees half of an embedding run.
 ``cells``
     The obs table of every dataset (``cells/dataset_id=<id>/obs.parquet``): ``cell_id``,
-    the obs columns and ``dataset_id``. A dataset whose obs Parquet is missing gets it
-    written from its Zarr store the first time the lake is opened for queries.
+    the obs columns and ``dataset_id``, published by ingestion. Queries never write to the lake.
 
 Extensions come from the PyPI packages ``duckdb-extension-httpfs`` and
 ``duckdb-extension-vss`` and are loaded from their files; automatic installation and
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
 from pipelines.errors import ConfigError, SclakeError
+from pipelines.ingest.cells import committed_cells
 from pipelines.lake import COMMIT_MARKER, PATHS, Lake
 from pipelines.logs import get_logger
 
@@ -166,52 +166,6 @@ def zarr_datasets(lake: Lake, *, skip: set[str] | frozenset[str] = frozenset()) 
     return ids
 
 
-def write_cells(settings: Settings, dataset_id: str, *, lake: Lake | None = None) -> str:
-    """Write ``cells/dataset_id=<id>/obs.parquet`` (``cell_id`` + the obs columns) from the Zarr dataset.
-
-    Idempotent: a dataset whose obs Parquet is already published is left as it is.
-
-    Returns
-    -------
-    str
-        The lake path of the obs Parquet.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipelines.dataset import open_dataset
-
-    lake = lake or Lake(settings)
-    final = PATHS.cells(dataset_id)
-    if lake.is_published(final):
-        return PATHS.cells_obs(dataset_id)
-    obs = open_dataset(lake, dataset_id).obs
-    frame = obs.copy()
-    for col in frame.columns:
-        if hasattr(frame[col], "cat"):
-            frame[col] = frame[col].astype(frame[col].cat.categories.dtype)
-    frame.insert(0, "cell_id", obs.index.astype(str))
-    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
-    meta = {
-        b"encoding-type": b"sclake.cells-obs",
-        b"encoding-version": b"1",
-        b"dataset_id": dataset_id.encode(),
-    }
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    with lake.publishing(final, info={"dataset_id": dataset_id, "rows": table.num_rows}) as stage:
-        with lake.open(f"{stage}/obs.parquet", "wb") as f:
-            pq.write_table(table, f)
-    log.info("wrote obs of %s cells of dataset %s to %s", f"{table.num_rows:,}", dataset_id, lake.url(final))
-    return PATHS.cells_obs(dataset_id)
-
-
-def committed_cells(lake: Lake) -> list[str]:
-    """Lake paths of the published obs Parquet files."""
-    files = lake.ls(PATHS.cells_dir, recursive=True)
-    markers = {rel.rpartition("/")[0] for rel in files if rel.endswith("/" + COMMIT_MARKER)}
-    return [rel for rel in files if rel.endswith("/obs.parquet") and rel.rpartition("/")[0] in markers]
-
-
 def read_parquet_sql(locations: list[str], hive_types: str = EMBEDDING_HIVE_TYPES) -> str:
     """``SELECT * FROM read_parquet([...])`` over lake files, hive columns typed, columns unioned by name."""
     files = "[" + ", ".join(sql_str(p) for p in locations) + "]"
@@ -219,42 +173,47 @@ def read_parquet_sql(locations: list[str], hive_types: str = EMBEDDING_HIVE_TYPE
     return f"SELECT * FROM read_parquet({files}, {opts})"
 
 
-def create_views(con: duckdb.DuckDBPyConnection, settings: Settings, *, materialize_cells: bool = True) -> None:
-    """(Re)create the ``embeddings`` and ``cells`` views from what is committed in the lake now."""
+def create_views(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """(Re)create the ``embeddings`` and ``cells`` views from what is committed in the lake now.
+
+    Reads only: the obs Parquet behind ``cells`` is published by ingestion
+    (:mod:`pipelines.ingest.cells`). Datasets ingested before it was are named in a warning.
+    """
     lake = Lake(settings)
     parts = [duckdb_location(lake, p) for files in committed_partitions(lake).values() for p in files]
     embeddings = read_parquet_sql(parts, EMBEDDING_HIVE_TYPES) if parts else EMPTY_EMBEDDINGS
     con.execute(f"CREATE OR REPLACE VIEW embeddings AS {embeddings}")
     have = committed_cells(lake)
-    if materialize_cells:
-        done = {rel.split("/")[1].removeprefix("dataset_id=") for rel in have}
-        missing = zarr_datasets(lake, skip=done)
-        for dataset_id in missing:
-            write_cells(settings, dataset_id, lake=lake)
-        if missing:
-            have = committed_cells(lake)
+    done = {rel.split("/")[1].removeprefix("dataset_id=") for rel in have}
+    missing = zarr_datasets(lake, skip=done)
+    if missing:
+        log.warning(
+            "%d dataset(s) have no cells table and are missing from the view cells (%s): "
+            "`sclake ingest raw/<dataset_id>.h5ad` writes it from the raw copy",
+            len(missing),
+            ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else ""),
+        )
     files = [duckdb_location(lake, p) for p in have]
     cells = read_parquet_sql(files, CELLS_HIVE_TYPES) if files else EMPTY_CELLS
     con.execute(f"CREATE OR REPLACE VIEW cells AS {cells}")
 
 
-def connect(settings: Settings, *, materialize_cells: bool = True) -> duckdb.DuckDBPyConnection:
+def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views ``embeddings`` and ``cells`` over the lake.
 
     Parameters
     ----------
     settings
         Lake URI, S3 endpoint and credentials.
-    materialize_cells
-        Write the obs Parquet of datasets that have none yet (see :func:`write_cells`).
 
     Returns
     -------
     duckdb.DuckDBPyConnection
         With ``httpfs`` loaded and an S3 secret for an ``s3://`` lake, and ``vss`` loaded.
+        Opening it writes nothing to the lake.
     """
     con = prepare_connection(offline_connection(), settings)
-    create_views(con, settings, materialize_cells=materialize_cells)
+    create_views(con, settings)
     return con
 
 

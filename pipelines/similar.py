@@ -161,7 +161,7 @@ def find_similar(
         raise ValueError(f"index {index!r} is not one of {list(INDEX_CHOICES)}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k!r}")
-    con = con or connect(settings, materialize_cells=False)
+    con = con or connect(settings)
     query_dataset, vector = _query_cell(con, model, cell_id, dataset_id)
     dim = len(vector)
     scope = f"model = {sql_str(model)}"

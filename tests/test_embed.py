@@ -306,7 +306,7 @@ def test_embed_on_an_s3_lake(settings_s3, tmp_path, tiny_model):
         ds_id = ingest(settings, str(path), client=client).dataset_id
     result = embed_dataset(settings, ds_id, tiny_model, device="cpu")
     assert result.rows == 100 and result.parts == 2 and result.prefix.startswith("s3://")
-    con = connect(settings, materialize_cells=False)
+    con = connect(settings)
     n, models = con.sql(f"SELECT count(*), any_value(model) FROM embeddings WHERE dataset_id = '{ds_id}'").fetchone()
     assert (n, models) == (100, tiny_model)
 

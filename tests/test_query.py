@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -201,7 +202,7 @@ def test_docs_recipe_runs(two_models: Settings, monkeypatch: pytest.MonkeyPatch,
 
 
 def test_cells_view_from_an_ingested_dataset(settings_s3: Settings, tmp_path) -> None:
-    """The obs of an ingested dataset is written once as Parquet and read by the cells view (S3 lake)."""
+    """Ingestion publishes the obs of a dataset as Parquet; the cells view reads it (S3 lake)."""
     from distributed import Client
 
     from pipelines.dataset import open_dataset
@@ -212,9 +213,9 @@ def test_cells_view_from_an_ingested_dataset(settings_s3: Settings, tmp_path) ->
         sample = write_sample(tmp_path / "a.h5ad", cells=120, genes=300, seed=5)
         result = ingest(settings_s3, str(sample), client=client)
     lake = Lake(settings_s3)
-    assert not lake.is_published(PATHS.cells(result.dataset_id))
-    con = connect(settings_s3)
     assert lake.is_published(PATHS.cells(result.dataset_id))
+    stamp = lake.commit_info(PATHS.cells(result.dataset_id))
+    con = connect(settings_s3)
     obs = open_dataset(lake, result.dataset_id).obs
     sql = "SELECT cell_type, count(*) FROM cells WHERE dataset_id = ? GROUP BY 1 ORDER BY 1"
     rows = con.execute(sql, [result.dataset_id])
@@ -224,6 +225,40 @@ def test_cells_view_from_an_ingested_dataset(settings_s3: Settings, tmp_path) ->
     with lake.open(PATHS.cells_obs(result.dataset_id)) as f:
         meta = pq.read_schema(f).metadata
     assert meta[b"encoding-type"] == b"sclake.cells-obs" and meta[b"dataset_id"] == result.dataset_id.encode()
-    stamp = lake.commit_info(PATHS.cells(result.dataset_id))
-    connect(settings_s3)  # written once: a second connection reuses it
-    assert lake.commit_info(PATHS.cells(result.dataset_id)) == stamp
+    assert lake.commit_info(PATHS.cells(result.dataset_id)) == stamp  # a connection writes nothing
+
+
+def _lake_files(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def test_queries_never_write_and_old_datasets_are_named(settings_file: Settings, tmp_path, caplog) -> None:
+    """A query, valid or not, leaves the lake as it was; a dataset without a cells table (a lake
+    written before ingestion published it) is named in a warning, and ingesting its raw copy
+    again writes the table."""
+    from distributed import Client
+
+    from pipelines.ingest import ingest
+    from pipelines.query import QueryError, run_query
+    from pipelines.sample import write_sample
+
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
+        sample = write_sample(tmp_path / "a.h5ad", cells=80, genes=200, seed=7)
+        result = ingest(settings_file, str(sample), client=client)
+    lake = Lake(settings_file)
+    lake.rm(PATHS.cells(result.dataset_id), recursive=True)  # as an older version left it
+    root = Path(lake.path(""))
+    before = _lake_files(root)
+    with caplog.at_level("WARNING", logger="pipelines.query"):
+        assert run_query(settings_file, "SELECT count(*) FROM cells", "csv", out=io.StringIO()) == 1
+    assert result.dataset_id in caplog.text and f"raw/{result.dataset_id}.h5ad" not in caplog.text
+    assert "sclake ingest raw/<dataset_id>.h5ad" in caplog.text
+    with pytest.raises(QueryError):
+        run_query(settings_file, "SELEC nonsense FROM cells", "csv", out=io.StringIO())
+    assert _lake_files(root) == before
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
+        again = ingest(settings_file, PATHS.raw(result.dataset_id), client=client)
+    assert again.already and lake.exists(PATHS.raw(result.dataset_id))
+    out = io.StringIO()
+    run_query(settings_file, "SELECT count(*) AS n FROM cells", "csv", out=out)
+    assert out.getvalue().splitlines()[1] == "80"

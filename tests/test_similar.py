@@ -64,7 +64,7 @@ def brute_force(vectors: dict[tuple[str, str], np.ndarray], query: np.ndarray, k
 
 def test_exact_agrees_with_numpy(lake_vectors) -> None:
     settings, vectors = lake_vectors
-    con = connect(settings, materialize_cells=False)
+    con = connect(settings)
     for dataset_id, cell in [("0123456789abcdef", "cell-7"), ("fedcba9876543210", "cell-99")]:
         result = find_similar(settings, MODEL, cell, dataset_id=dataset_id, k=10, con=con)
         assert result.method == "exact" and result.searched == sum(DATASETS.values())

@@ -23,6 +23,7 @@ from pipelines import __version__
 from pipelines.dask_cluster import INGEST_MODULES, start_fork_server
 from pipelines.errors import InputError, LakeError
 from pipelines.ingest import raw
+from pipelines.ingest.cells import write_cells
 from pipelines.lake import PATHS, Lake
 from pipelines.logs import Progress, get_logger
 from pipelines.settings import Settings
@@ -210,6 +211,7 @@ def _convert_upload(
         lake.rm(transpose_scratch(dataset_id), recursive=True)
         raise
     timings["convert"] = time.perf_counter() - t
+    write_cells(lake, dataset_id)
     raw.remove_upload(lake, up)
     result = IngestResult(
         dataset_id,
@@ -250,6 +252,7 @@ def _already(lake: Lake, up: raw.Upload, fp: raw.Fingerprint, t0: float) -> Inge
         raise LakeError(f"dataset {dataset_id} was published from other bytes (SHA-256 {info['source_sha256']!r})")
     if not lake.exists(raw_rel) or lake.size(raw_rel) != fp.size:
         raw.store_raw(lake, up, fp)  # the original went missing: restore it from the upload
+    write_cells(lake, dataset_id)  # a run stopped between the store's commit and the table's
     raw.remove_upload(lake, up)
     log.info("%s is dataset %s, ingested before: nothing to do", up.uri, dataset_id)
     return IngestResult(
