@@ -27,6 +27,7 @@ from pipelines.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / deploy.COMPOSE_FILE
+DASK_PORTS = ROOT / "compose" / "docker-compose.dask-ports.yml"
 TEMPLATE = ROOT / deploy.ENV_TEMPLATE
 BIN = Path(sys.executable).parent
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
@@ -35,11 +36,15 @@ ONE_SHOT = {"preflight", "minio-init", "airflow-init", "models-fetch", "models-s
 PROFILES = ("gpu", "dask-gpu", "flower", "models")
 
 
-def compose(*args: str, env_file: Path = TEMPLATE, profiles: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def compose(
+    *args: str, env_file: Path = TEMPLATE, profiles: tuple[str, ...] = (), overrides: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess:
     exe = shutil.which("docker-compose")
     if exe is None:
         pytest.skip("docker-compose is not installed")
     cmd = [exe, "--env-file", str(env_file), "-f", str(COMPOSE)]
+    for override in overrides:
+        cmd += ["-f", str(override)]
     for p in profiles:
         cmd += ["--profile", p]
     # A clean environment: compose gives process variables precedence over the env file.
@@ -96,7 +101,7 @@ def test_compose_refuses_to_render_without_secrets(tmp_path: Path) -> None:
 
 
 def test_every_variable_is_documented_in_header_and_env_example(raw_compose: str, template: dict[str, str]) -> None:
-    used = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", raw_compose))
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", raw_compose + DASK_PORTS.read_text()))
     header = "\n".join(line for line in raw_compose.splitlines() if line.startswith("#"))
     assert used, "no variables found"
     assert sorted(used - set(template)) == [], "variables missing from .env.example"
@@ -108,7 +113,8 @@ def test_every_variable_is_documented_in_header_and_env_example(raw_compose: str
 
 
 def test_compose_defaults_match_env_example(raw_compose: str, template: dict[str, str]) -> None:
-    for name, default in re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}", raw_compose):
+    text = raw_compose + DASK_PORTS.read_text()
+    for name, default in re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}", text):
         assert default == template[name], f"${{{name}}} defaults to {default!r}, .env.example has {template[name]!r}"
 
 
@@ -195,6 +201,88 @@ def test_docker_api_only_through_the_socket_proxy(resolved: dict) -> None:
         mounts = [v.split(":")[0] for v in svc.get("volumes", [])]
         if name != deploy.DOCKER_PROXY_SERVICE:
             assert "/var/run/docker.sock" not in mounts, name
+
+
+# ---------------------------------------------------------------- trust boundaries
+
+
+def _host_sources(svc: dict) -> list[str]:
+    """Host paths a service mounts (named volumes left out)."""
+    sources = [v.split(":")[0] for v in svc.get("volumes", [])]
+    return [s for s in sources if s.startswith("/")]
+
+
+def test_no_service_is_privileged_or_shares_host_namespaces(resolved: dict) -> None:
+    for name, svc in resolved["services"].items():
+        assert not svc.get("privileged"), f"{name} is privileged"
+        assert not svc.get("cap_add"), f"{name} adds capabilities"
+        assert not svc.get("devices"), f"{name} is given host devices"
+        assert not svc.get("security_opt"), f"{name} changes its security options"
+        assert svc.get("network_mode") in (None, "none"), f"{name}: network_mode {svc.get('network_mode')}"
+        assert svc.get("ipc") is None and svc.get("userns_mode") is None, name
+    # node-exporter reads the host's processes (its documented set-up), as nobody.
+    assert {n for n, s in resolved["services"].items() if s.get("pid")} == {"node-exporter"}
+
+
+def test_only_the_socket_proxy_reaches_the_docker_socket(resolved: dict) -> None:
+    """Neither the socket nor a folder holding it (/var/run, /run, /) is mounted anywhere else,
+    except the host's / for node-exporter, which runs as nobody (the socket is root:docker 660)."""
+    for name, svc in resolved["services"].items():
+        sources = _host_sources(svc)
+        if name == deploy.DOCKER_PROXY_SERVICE:
+            assert sources == ["/var/run/docker.sock", str(ROOT / "compose/docker-socket-proxy/haproxy.cfg")]
+            continue
+        reaching = [s for s in sources if s.rstrip("/") in ("", "/var/run", "/run") or s.endswith("docker.sock")]
+        if name == "node-exporter":
+            assert reaching == ["/"] and svc["user"] == "nobody", svc
+        else:
+            assert reaching == [], f"{name} mounts {reaching}"
+
+
+def test_cadvisor_reads_docker_through_the_proxy_only(resolved: dict) -> None:
+    cadvisor = resolved["services"]["cadvisor"]
+    proxy = resolved["services"][deploy.DOCKER_PROXY_SERVICE]
+    assert "--docker=unix:///run/docker-read-only/docker.sock" in cadvisor["command"]
+    assert "docker-api-read-only:/run/docker-read-only:ro" in cadvisor["volumes"]
+    assert "docker-api-read-only:/run/docker-read-only:rw" in proxy["volumes"]
+    assert sorted(_host_sources(cadvisor)) == ["/dev/disk", "/sys", "/var/lib/docker"]
+    assert all(v.endswith(":ro") for v in cadvisor["volumes"])
+    # No network path to the read-write API: cAdvisor is not on the proxy's network.
+    assert list(cadvisor["networks"]) == ["sclake"]
+    assert cadvisor["depends_on"][deploy.DOCKER_PROXY_SERVICE] == {"condition": "service_healthy"}
+    # The proxy's config binds the read-only socket where the volume is mounted.
+    cfg = (ROOT / "compose/docker-socket-proxy/haproxy.cfg").read_text()
+    assert "bind /run/docker-read-only/docker.sock mode 600" in cfg
+
+
+def test_dask_ports_are_published_only_by_the_override(resolved: dict) -> None:
+    assert "ports" not in resolved["services"]["dask-scheduler"]
+    published = {p for s in resolved["services"].values() for p in s.get("ports", [])}
+    assert not any(":8786" in str(p) or ":8787" in str(p) for p in published), published
+    r = compose("config", overrides=(DASK_PORTS,))
+    assert r.returncode == 0, r.stderr
+    ports = yaml.safe_load(r.stdout)["services"]["dask-scheduler"]["ports"]
+    # Both on loopback, whatever SCLAKE_BIND_ADDRESS says.
+    assert sorted(ports) == ["127.0.0.1:8786:8786/tcp", "127.0.0.1:8787:8787/tcp"]
+
+
+def test_prometheus_has_no_lifecycle_api(resolved: dict, raw_compose: str) -> None:
+    command = resolved["services"]["prometheus"]["command"]
+    assert not any("enable-lifecycle" in arg for arg in command), command
+    assert "--web.enable-lifecycle" not in raw_compose.replace("# No --web.enable-lifecycle", "")
+
+
+def test_minio_metrics_need_a_token(resolved: dict) -> None:
+    services = resolved["services"]
+    assert services["minio"]["environment"]["MINIO_PROMETHEUS_AUTH_TYPE"] == "jwt"
+    token = services["minio-init"]["environment"]["MINIO_METRICS_TOKEN_FILE"]
+    folder, name = token.rsplit("/", 1)
+    assert f"minio-metrics-token:{folder}:rw" in services["minio-init"]["volumes"]
+    assert "minio-metrics-token:/etc/prometheus/minio:ro" in services["prometheus"]["volumes"]
+    scrape = yaml.safe_load((ROOT / "monitoring/prometheus/prometheus.yml").read_text())["scrape_configs"]
+    (job,) = [j for j in scrape if j["job_name"] == "minio"]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": f"/etc/prometheus/minio/{name}"}
+    assert "MINIO_METRICS_TOKEN_FILE" in (ROOT / "compose/minio/init.sh").read_text()
 
 
 def test_shared_names_match_deploy_module(resolved: dict, template: dict[str, str]) -> None:
@@ -690,7 +778,8 @@ def socket_proxy(tmp_path: Path):
     cfg = tmp_path / "haproxy.cfg"
     text = PROXY_CFG.read_text()
     assert "server docker /var/run/docker.sock" in text and "bind :2375" in text
-    cfg.write_text(text.replace("/var/run/docker.sock", str(sock)).replace("bind :2375", f"bind 127.0.0.1:{port}"))
+    text = text.replace("/var/run/docker.sock", str(sock)).replace("bind :2375", f"bind 127.0.0.1:{port}")
+    cfg.write_text(text.replace("bind /run/docker-read-only/docker.sock", f"bind {tmp_path / 'read-only.sock'}"))
     check = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     proc = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -717,7 +806,10 @@ def _status(base: str, method: str, path: str) -> int:
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(base + path, method=method, data=b"{}" if method in ("POST", "PUT") else None)
+    body = b"{}" if method in ("POST", "PUT") else None
+    if path.endswith("/containers/create"):  # the proxy checks what a create asks for (tests/test_socket_proxy.py)
+        body = json.dumps({"Image": deploy.WORKER_IMAGE, "HostConfig": {"NetworkMode": deploy.NETWORK}}).encode()
+    req = urllib.request.Request(base + path, method=method, data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status
@@ -761,12 +853,22 @@ DENIED = [
 
 
 def test_docker_client_calls_pass_the_socket_proxy(socket_proxy, settings_file) -> None:
-    """The requests docker-py makes for a DockerOperator run (the same client and arguments) all pass."""
+    """The requests docker-py makes for a DockerOperator run of the compose layout (the same client and
+    arguments) all pass; a create of the embedded layout (host network, bind mounts) does not."""
+    from docker.errors import APIError
+
     from docker import APIClient
 
     base, docker = socket_proxy
-    kwargs = deploy.docker_operator_kwargs(settings_file, gpus=1)
     cli = APIClient(base_url=base.replace("http://", "tcp://"), version="auto", timeout=10)
+    embedded = deploy.docker_operator_kwargs(settings_file, gpus=1)
+    with pytest.raises(APIError, match="403"):
+        cli.create_container(
+            image=embedded["image"],
+            host_config=cli.create_host_config(mounts=embedded["mounts"], network_mode=embedded["network_mode"]),
+        )
+    docker.seen.clear()
+    kwargs = deploy.docker_operator_kwargs(settings_file.model_copy(update={"docker_stack": "compose"}), gpus=1)
     assert cli.ping()
     assert cli.images(name=kwargs["image"]) == []
     container = cli.create_container(

@@ -50,11 +50,16 @@ def test_compose_config_is_valid(tmp_path: Path) -> None:
     text = (MONITORING / "prometheus" / "prometheus.yml").read_text()
     assert "/etc/prometheus/rules/*.yml" in text
     config = tmp_path / "prometheus.yml"
-    config.write_text(text.replace("/etc/prometheus/rules", str(MONITORING / "prometheus" / "rules")))
+    # promtool wants the files it names: MinIO's metrics token (written by minio-init) too.
+    (tmp_path / "minio").mkdir()
+    (tmp_path / "minio" / "minio").write_text("token\n")
+    text_here = text.replace("/etc/prometheus/rules", str(MONITORING / "prometheus" / "rules"))
+    config.write_text(text_here.replace("/etc/prometheus/minio/", f"{tmp_path}/minio/"))
     out = promtool("check", "config", str(config)).stdout
     assert f"{len(RULES)} rule files found" in out
     jobs = {j["job_name"]: j for j in yaml.safe_load(text)["scrape_configs"]}
-    assert set(jobs) == {"prometheus", "pushgateway", "statsd-exporter", "node-exporter", "cadvisor"}
+    assert set(jobs) == {"prometheus", "pushgateway", "statsd-exporter", "node-exporter", "cadvisor", "minio"}
+    assert jobs["minio"]["authorization"]["credentials_file"] == "/etc/prometheus/minio/minio"
     assert jobs["pushgateway"]["honor_labels"] is True
 
 

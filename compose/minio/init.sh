@@ -51,3 +51,20 @@ JSON
 
 bucket_user "$lake_bucket" "$SCLAKE_S3_ACCESS_KEY" "$SCLAKE_S3_SECRET_KEY"
 bucket_user "$MLFLOW_ARTIFACTS_BUCKET" "$MLFLOW_S3_ACCESS_KEY" "$MLFLOW_S3_SECRET_KEY"
+
+# The bearer token Prometheus scrapes MinIO's metrics with (MINIO_PROMETHEUS_AUTH_TYPE=jwt):
+# `mc admin prometheus generate` prints a scrape config holding a JWT signed with the
+# administrator's key; only the token goes to the file (on a volume Prometheus mounts
+# read-only). Written again on every start, so it follows a changed MINIO_ROOT_PASSWORD.
+if [ -n "${MINIO_METRICS_TOKEN_FILE:-}" ]; then
+    token=$(mc admin prometheus generate local | sed -n 's/^[[:space:]]*bearer_token:[[:space:]]*//p' | head -n 1)
+    if [ -z "$token" ]; then
+        echo "minio-init: mc admin prometheus generate printed no bearer_token" >&2
+        exit 1
+    fi
+    umask 022
+    printf '%s\n' "$token" >"$MINIO_METRICS_TOKEN_FILE.tmp"
+    chmod 444 "$MINIO_METRICS_TOKEN_FILE.tmp"
+    mv -f "$MINIO_METRICS_TOKEN_FILE.tmp" "$MINIO_METRICS_TOKEN_FILE"
+    echo "minio-init: metrics token in $MINIO_METRICS_TOKEN_FILE"
+fi
