@@ -165,7 +165,7 @@ def _run(tasks: list[tuple], client: Any, progress: Progress) -> list[dict[str, 
         from distributed import as_completed
 
         futures = [client.submit(tokenize_part, *t, pure=False, retries=1) for t in tasks]
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             rec = fut.result()
             out.append(rec)
             progress.advance(rec["cells"])

@@ -39,7 +39,7 @@ def map_parts(url: str, storage_options: dict[str, Any], parts: list[int], clien
 
         futures = [client.submit(summarise_part, url, storage_options, p, pure=False) for p in parts]
         out = []
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             out.append(fut.result())
             progress.advance(1)
         progress.finish()
