@@ -35,12 +35,11 @@ from pipelines.orchestration.dagkit import (
     step_command,
     upstream_manifest,
 )
-from pipelines.orchestration.outcomes import PASSED, QUARANTINED, WARNED
+from pipelines.outcomes import QUARANTINED, VALIDATED
 from pipelines.orchestration.uploads import UploadsSensor
 
 SENSOR_TIMEOUT_S = float(os.environ.get("SCLAKE_SENSOR_TIMEOUT_S", "3600"))
 SENSOR_POKE_S = float(os.environ.get("SCLAKE_SENSOR_POKE_S", "15"))
-GOOD = (PASSED, WARNED)
 # Mapped task instances are named by their upload's key (not 0, 1, 2 ...).
 UPLOAD_KEY = map_index_from("wait_for_uploads")
 
@@ -57,7 +56,7 @@ def publish(manifest: Any, outlet_events=None) -> dict[str, Any]:
     outcome = m.get("outcome")
     if outcome == QUARANTINED:
         raise AirflowFailException(refusal_message(m))
-    if outcome not in GOOD:
+    if outcome not in VALIDATED:
         raise AirflowSkipException(f"{m.get('key')}: already ingested as {m.get('dataset_id')}; nothing new")
     outlet_events[DATASETS].extra = {"dataset_id": m["dataset_id"], "key": m["key"]}
     return m

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import anndata as ad
 import pytest
@@ -13,12 +14,13 @@ from validate_support import cli_env, client_fixture, configured, model_prefix_f
 
 from pipelines import __version__
 from pipelines.errors import LakeError
-from pipelines.flow import ingest_and_validate, process_uploads
+from pipelines.errors import InputError
+from pipelines.orchestration.steps import process_upload
 from pipelines.lake import PATHS, Lake, LakeKeyError
 from pipelines.quarantine import list_quarantine, quarantine, quarantine_dataset, read_reason, release
 from pipelines.sample import write_sample
 from pipelines.settings import Settings
-from pipelines.validate import is_validated
+from pipelines.validate import is_validated, read_summary
 
 
 def sha(data: bytes) -> str:
@@ -48,10 +50,10 @@ def test_failed_upload_is_quarantined_fixed_and_released(
     original = path.read_bytes()
     lake.put(path, "incoming/lab/dup.h5ad")
 
-    result = ingest_and_validate(settings, "incoming/lab/dup.h5ad", client=client)
-    assert (result.outcome, result.stage, result.code) == ("quarantined", "validate", "duplicate_cell_ids")
-    dataset_id = result.dataset_id
-    assert dataset_id == sha(original)[:16] and result.quarantine_path == f"quarantine/{dataset_id}/dup.h5ad"
+    result = process_upload(settings, "incoming/lab/dup.h5ad", client=client)
+    assert (result["outcome"], result["stage"], result["code"]) == ("quarantined", "validate", "duplicate_cell_ids")
+    dataset_id = result["dataset_id"]
+    assert dataset_id == sha(original)[:16] and result["quarantine_path"] == f"quarantine/{dataset_id}/dup.h5ad"
     assert_only_in_quarantine(lake, dataset_id, "dup.h5ad", original)
     reason = read_reason(settings, dataset_id)
     assert reason == lake.read_json(f"quarantine/{dataset_id}/reason.json")
@@ -83,10 +85,10 @@ def test_failed_upload_is_quarantined_fixed_and_released(
     released = lake.read_json(f"{PATHS.reports(dataset_id)}/released.json")
     assert released["released_to"] == "incoming/dup.h5ad" and released["modified"] is True
 
-    again = ingest_and_validate(settings, "incoming/dup.h5ad", client=client)
-    assert again.outcome == "pass" and again.dataset_id == sha(fixed.read_bytes())[:16]
-    assert lake.read_bytes(PATHS.raw(again.dataset_id)) == fixed.read_bytes()
-    assert not lake.ls(PATHS.incoming, recursive=True) and is_validated(lake, again.dataset_id)
+    again = process_upload(settings, "incoming/dup.h5ad", client=client)
+    assert again["outcome"] == "pass" and again["dataset_id"] == sha(fixed.read_bytes())[:16]
+    assert lake.read_bytes(PATHS.raw(again["dataset_id"])) == fixed.read_bytes()
+    assert not lake.ls(PATHS.incoming, recursive=True) and is_validated(lake, again["dataset_id"])
 
 
 def test_refused_local_upload_is_copied_and_left_in_place(
@@ -94,12 +96,12 @@ def test_refused_local_upload_is_copied_and_left_in_place(
 ) -> None:
     settings = configured(settings_file, model_prefix)
     path = build("not_hdf5", tmp_path)
-    result = ingest_and_validate(settings, str(path), client=client)
-    assert (result.outcome, result.stage, result.code) == ("quarantined", "ingest", "not_hdf5")
+    result = process_upload(settings, str(path), client=client)
+    assert (result["outcome"], result["stage"], result["code"]) == ("quarantined", "ingest", "not_hdf5")
     assert path.is_file()  # the user's own file is never removed
     lake = Lake(settings)
-    assert_only_in_quarantine(lake, result.dataset_id, "not_hdf5.h5ad", path.read_bytes())
-    assert read_reason(settings, result.dataset_id)["source"] == str(path)
+    assert_only_in_quarantine(lake, result["dataset_id"], "not_hdf5.h5ad", path.read_bytes())
+    assert read_reason(settings, result["dataset_id"])["source"] == str(path)
 
 
 def test_quarantine_is_idempotent_and_release_as_is_repeats(
@@ -110,21 +112,23 @@ def test_quarantine_is_idempotent_and_release_as_is_repeats(
     path = build("gene_symbols", tmp_path)
     data = path.read_bytes()
     lake.put(path, "incoming/symbols.h5ad")
-    first = ingest_and_validate(settings, "incoming/symbols.h5ad", client=client)
-    dataset_id = first.dataset_id
-    assert first.code == "not_ensembl_ids"
+    first = process_upload(settings, "incoming/symbols.h5ad", client=client)
+    dataset_id = first["dataset_id"]
+    assert first["code"] == "not_ensembl_ids"
 
     # A run interrupted after the copy (the original still in raw/) is finished by running it again.
     lake.put(path, PATHS.raw(dataset_id))
-    entry = quarantine_dataset(settings, dataset_id, first.validation, upload="incoming/symbols.h5ad")
+    failed = read_summary(lake, dataset_id)  # the validation report, as quarantine_dataset reads a result
+    failed_result = SimpleNamespace(**{k: failed.get(k) for k in ("code", "reason", "hint", "failed_checks", "report")})
+    entry = quarantine_dataset(settings, dataset_id, failed_result, upload="incoming/symbols.h5ad")
     assert entry.file == "symbols.h5ad"
     assert_only_in_quarantine(lake, dataset_id, "symbols.h5ad", data)
 
     # Released unchanged, it is refused again with the same reason, still in one place only.
     release(settings, dataset_id)
     assert read_json_or_none(lake, f"{PATHS.reports(dataset_id)}/released.json")["modified"] is False
-    second = ingest_and_validate(settings, "incoming/symbols.h5ad", client=client)
-    assert (second.dataset_id, second.code) == (dataset_id, "not_ensembl_ids")
+    second = process_upload(settings, "incoming/symbols.h5ad", client=client)
+    assert (second["dataset_id"], second["code"]) == (dataset_id, "not_ensembl_ids")
     assert_only_in_quarantine(lake, dataset_id, "symbols.h5ad", data)
 
 
@@ -133,20 +137,21 @@ def read_json_or_none(lake: Lake, rel: str):
 
 
 def test_other_files_keep_flowing(settings_file: Settings, model_prefix: Path, client, tmp_path: Path) -> None:
+    """A refused upload and a vanished one leave the others untouched; each step manifest is JSON."""
     settings = configured(settings_file, model_prefix)
     lake = Lake(settings)
     lake.put(build("truncated", tmp_path), "incoming/a-truncated.h5ad")
     good = write_sample(tmp_path / "good.h5ad", cells=90, genes=300, seed=21)
     lake.put(good, "incoming/b-good.h5ad")
-    results = process_uploads(
-        settings, ["incoming/a-truncated.h5ad", "incoming/b-good.h5ad", "incoming/c-missing.h5ad"], client=client
-    )
-    assert [r.outcome for r in results] == ["quarantined", "pass", "error"]
-    assert results[0].code == "truncated" and "truncated" in results[0].reason
-    assert results[2].code == "InputError" and "does not exist" in results[2].reason
-    assert lake.read_bytes(PATHS.raw(results[1].dataset_id)) == good.read_bytes()
+    refused = process_upload(settings, "incoming/a-truncated.h5ad", client=client)
+    with pytest.raises(InputError, match="does not exist") as missing:
+        process_upload(settings, "incoming/c-missing.h5ad", client=client)
+    passed = process_upload(settings, "incoming/b-good.h5ad", client=client)
+    assert (refused["outcome"], refused["code"], passed["outcome"]) == ("quarantined", "truncated", "pass")
+    assert "truncated" in refused["reason"] and missing.value.code == "not_found"
+    assert lake.read_bytes(PATHS.raw(passed["dataset_id"])) == good.read_bytes()
     assert not lake.ls(PATHS.incoming, recursive=True)
-    assert json.dumps(results[1].summary())  # JSON-able
+    assert json.loads(json.dumps(passed)) == passed and passed["n_kept"] == 90
 
 
 def test_cli_quarantine_list_show_release(
@@ -155,26 +160,26 @@ def test_cli_quarantine_list_show_release(
     settings = configured(settings_file, model_prefix)
     lake = Lake(settings)
     lake.put(build("zero_genes", tmp_path), "incoming/zero.h5ad")
-    result = ingest_and_validate(settings, "incoming/zero.h5ad", client=client)
-    assert result.code == "no_genes"
+    result = process_upload(settings, "incoming/zero.h5ad", client=client)
+    assert result["code"] == "no_genes"
     cli_env(monkeypatch, settings)
 
     code, out, _ = run_cli(["quarantine", "list"], capsys)
     header, row = out.splitlines()
     assert code == 0 and header.split() == ["dataset_id", "code", "file", "reason"]
-    assert row.startswith(f"{result.dataset_id}  no_genes") and "zero.h5ad" in row
+    assert row.startswith(f"{result['dataset_id']}  no_genes") and "zero.h5ad" in row
     code, out, _ = run_cli(["quarantine", "list", "--json"], capsys)
-    assert json.loads(out)[0]["path"] == f"quarantine/{result.dataset_id}/zero.h5ad"
-    code, out, _ = run_cli(["quarantine", "show", result.dataset_id], capsys)
+    assert json.loads(out)[0]["path"] == f"quarantine/{result['dataset_id']}/zero.h5ad"
+    code, out, _ = run_cli(["quarantine", "show", result["dataset_id"]], capsys)
     assert code == 0 and json.loads(out)["reason"] == "the file holds no genes (X has 0 columns)"
-    code, out, err = run_cli(["quarantine", "release", result.dataset_id, "--to", "raw/x.h5ad"], capsys)
+    code, out, err = run_cli(["quarantine", "release", result["dataset_id"], "--to", "raw/x.h5ad"], capsys)
     assert code == 1 and "not a key under incoming/" in err
-    code, out, _ = run_cli(["quarantine", "release", result.dataset_id, "--to", "incoming/retry/zero.h5ad"], capsys)
+    code, out, _ = run_cli(["quarantine", "release", result["dataset_id"], "--to", "incoming/retry/zero.h5ad"], capsys)
     assert code == 0 and "incoming/retry/zero.h5ad" in out
     assert lake.exists("incoming/retry/zero.h5ad")
     code, out, _ = run_cli(["quarantine", "list"], capsys)
     assert out.strip() == "quarantine is empty"
-    code, out, err = run_cli(["quarantine", "release", result.dataset_id], capsys)
+    code, out, err = run_cli(["quarantine", "release", result["dataset_id"]], capsys)
     assert code == 1 and "is not in quarantine" in err
 
 

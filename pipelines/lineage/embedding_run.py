@@ -26,7 +26,7 @@ from pipelines.lineage.common import (
 )
 from pipelines.lineage.ingest_run import find_ingest_run, log_ingest_run
 from pipelines.logs import get_logger
-from pipelines.orchestration.outcomes import FINISHED_MS, STARTED_MS
+from pipelines.outcomes import FINISHED_MS, STARTED_MS
 
 if TYPE_CHECKING:
     from pipelines.settings import Settings

@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow.sdk import Asset
 
-from pipelines.orchestration.outcomes import refusal_message
+from pipelines.outcomes import refusal_message
 
 __all__ = ["refusal_message"]  # re-exported for the DAG files
 

@@ -1,4 +1,4 @@
-"""``sclake run``: one upload through every step without Airflow, in the order the DAGs use."""
+"""``sclake run``: one upload through every step of :mod:`pipelines.orchestration.steps` without Airflow."""
 
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ def run_upload(settings: Settings, uri: str, models: list[str] | None = None) ->
     prefix and the MLflow run id. A quarantined upload raises ``InputError`` with the reason.
     """
     models = models or settings.model_list
-    manifest = steps.ingest_upload(settings, uri)
-    manifest = steps.validate_upload(settings, manifest, model=models[0])
+    manifest = steps.process_upload(settings, uri, model=models[0])
     if manifest["outcome"] == steps.QUARANTINED:
         raise InputError(
             f"{uri} was quarantined ({manifest.get('code')}): {manifest.get('reason')}",

@@ -1,8 +1,17 @@
 """The pipeline's steps as plain functions over small manifests (dicts of ids and URIs).
 
-Airflow tasks, the ``sclake step`` command (used by the container execution modes) and
-``sclake run`` call these and nothing else; each takes ``Settings`` and JSON-able
-arguments and returns a JSON-able manifest, never arrays or data frames.
+The one sequence of an upload::
+
+    ingest_upload → validate_upload                       (UPLOAD_STEPS; per upload)
+    embed → validate_embeddings → record_lineage           (EMBED_STEPS; per dataset and model)
+
+Airflow tasks (every execution mode; the container modes through ``sclake step``),
+``sclake run`` (:func:`pipelines.orchestration.flowrun.run_upload`) and the tests call these
+and nothing else; each takes ``Settings`` and JSON-able arguments and returns a JSON-able
+manifest, never arrays or data frames. A refused upload is not an error: its manifest says
+``quarantined``, with the step that refused it (``stage``), ``code``, ``reason``, ``hint``
+and ``quarantine_path``. Errors that are not about the file (the object store unreachable)
+propagate, and the upload stays where it is for a retry.
 """
 
 from __future__ import annotations
@@ -12,14 +21,12 @@ from typing import Any
 
 from pipelines.lake import PATHS, Lake
 from pipelines.logs import get_logger
-from pipelines.orchestration.outcomes import (
+from pipelines.outcomes import (
     ALREADY,
     FINISHED_MS,
     INGESTED,
-    PASSED,
     QUARANTINED,
     STARTED_MS,
-    WARNED,
     now_ms,
 )
 from pipelines.settings import Settings
@@ -27,11 +34,13 @@ from pipelines.settings import Settings
 log = get_logger(__name__)
 
 
-def ingest_upload(settings: Settings, key: str) -> dict[str, Any]:
-    """Ingest one upload (a lake key under ``incoming/`` or any URI).
+def ingest_upload(settings: Settings, key: str, *, client: Any = None) -> dict[str, Any]:
+    """Ingest one upload (a lake key under ``incoming/``, any URI, or a local file).
 
     Unusable files are quarantined here (no retry can fix them); transient errors (the
-    object store unreachable) propagate so that the caller retries.
+    object store unreachable) propagate so that the caller retries, and so does a file
+    that does not exist (``InputError`` with code ``not_found``: nothing to quarantine).
+    ``client``: a Dask client to convert with (default: the settings' cluster, or a local one).
     """
     from pipelines.errors import InputError
     from pipelines.ingest import ingest
@@ -44,20 +53,16 @@ def ingest_upload(settings: Settings, key: str) -> dict[str, Any]:
     uri = key if "://" in key or Path(key).exists() else lake.url(key)
     with step_metrics(settings, "ingest") as m:
         try:
-            result = ingest(settings, uri)
+            result = ingest(settings, uri, client=client)
         except InputError as e:
-            q = quarantine_upload(settings, uri, e)
+            if e.code == "not_found":
+                raise
+            # reason.json names the upload as given: a lake key stays a key
+            q = quarantine_upload(settings, key if uri == lake.url(key) else uri, e)
             m.upload(QUARANTINED)
             m.quarantine(e.code)
             log.warning("quarantined %s: %s", uri, e)
-            return {
-                "key": key,
-                "dataset_id": q.dataset_id,
-                "outcome": QUARANTINED,
-                "code": e.code,
-                "reason": str(e),
-                "hint": q.hint,
-            }
+            return _refused(key, "ingest", q)
         if result.already:
             m.upload(ALREADY)
         else:
@@ -67,7 +72,23 @@ def ingest_upload(settings: Settings, key: str) -> dict[str, Any]:
     return {"key": key, "dataset_id": result.dataset_id, "outcome": outcome, "n_obs": result.n_obs, STARTED_MS: started}
 
 
-def validate_upload(settings: Settings, manifest: dict[str, Any], model: str | None = None) -> dict[str, Any]:
+def _refused(key: str, stage: str, q: Any) -> dict[str, Any]:
+    """The manifest of an upload quarantined at ``stage`` (``q``: its quarantine entry)."""
+    return {
+        "key": key,
+        "dataset_id": q.dataset_id,
+        "outcome": QUARANTINED,
+        "stage": stage,
+        "code": q.code,
+        "reason": q.reason,
+        "hint": q.hint,
+        "quarantine_path": q.path,
+    }
+
+
+def validate_upload(
+    settings: Settings, manifest: dict[str, Any], model: str | None = None, *, client: Any = None
+) -> dict[str, Any]:
     """Validate an ingested dataset (unless it was already); quarantine it when it fails.
 
     A dataset is validated once: an upload whose dataset was validated meanwhile (the same
@@ -75,7 +96,8 @@ def validate_upload(settings: Settings, manifest: dict[str, Any], model: str | N
     upload announces it. Callers run validations one at a time (the DAG's
     ``sclake_validate`` pool), which makes this check race-free. An upload recognised as
     ``already`` ingested is validated only when an earlier run stopped between ingestion and
-    validation. Quarantined uploads pass through.
+    validation. Quarantined uploads pass through. A validated upload's outcome is the
+    report's, ``pass`` or ``pass_with_warnings`` (``warnings`` lists them).
     """
     if manifest.get("outcome") not in (INGESTED, ALREADY):
         return manifest
@@ -89,20 +111,14 @@ def validate_upload(settings: Settings, manifest: dict[str, Any], model: str | N
 
     model = model or settings.model_list[0]
     with step_metrics(settings, "validate", model=model) as m:
-        result = validate_dataset(settings, manifest["dataset_id"], model=model)
+        result = validate_dataset(settings, manifest["dataset_id"], model=model, client=client)
         m.cells(manifest.get("n_obs") or 0)
         if not result.ok:
             q = quarantine_dataset(settings, manifest["dataset_id"], result, upload=manifest.get("key"))
             m.quarantine(result.code or "invalid_input")
     if not result.ok:
         log.warning("quarantined %s: %s", manifest.get("key"), result.summary_line())
-        return {
-            **manifest,
-            "outcome": QUARANTINED,
-            "code": result.code,
-            "reason": result.summary_line(),
-            "hint": q.hint,
-        }
+        return {**manifest, **_refused(manifest.get("key") or "", "validate", q)}
     # The dataset's ingestion run in MLflow, with the upload key (embedding runs nest under it).
     from pipelines.lineage import log_ingest_run
 
@@ -115,10 +131,24 @@ def validate_upload(settings: Settings, manifest: dict[str, Any], model: str | N
     )
     return {
         **manifest,
-        "outcome": WARNED if result.warnings else PASSED,
+        "outcome": result.outcome,
+        "warnings": list(result.warnings),
+        "n_kept": int(result.counts.get("n_kept") or 0),
         "validation": result.summary_line(),
         "mlflow_ingest_run_id": run_id,
     }
+
+
+def process_upload(
+    settings: Settings, key: str, *, model: str | None = None, client: Any = None
+) -> dict[str, Any]:
+    """:data:`UPLOAD_STEPS` in order for one upload, in this process (``sclake run``, tests).
+
+    Returns the last manifest: ``pass`` / ``pass_with_warnings`` / ``already``, or
+    ``quarantined`` with the stage that refused it.
+    """
+    manifest = ingest_upload(settings, key, client=client)
+    return validate_upload(settings, manifest, model=model, client=client)
 
 
 def datasets_to_embed(settings: Settings, model: str, dataset_ids: list[str] | None = None) -> list[str]:
@@ -178,6 +208,8 @@ def record_lineage(
     return {"dataset_id": dataset_id, "model": model, "mlflow_run_id": run_id}
 
 
+UPLOAD_STEPS = ("ingest_upload", "validate_upload")
+EMBED_STEPS = ("embed", "validate_embeddings", "record_lineage")
 STEPS = {
     "ingest_upload": ingest_upload,
     "validate_upload": validate_upload,

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.outcomes import FAIL, PASS, WARN
 from pipelines.validate.gx_runner import CheckResult
 
-PASS, WARN, FAIL = "pass", "pass_with_warnings", "fail"
 
 # Most fundamental first: the primary reason is the first failing code in this order.
 CODE_ORDER = (

@@ -1,4 +1,10 @@
-"""The outcomes of an upload, as the steps' manifests and the DAGs name them (no heavy imports)."""
+"""The outcomes of an upload, one vocabulary for the steps' manifests, the validation reports
+and the DAGs (no heavy imports).
+
+An upload's manifest goes ``ingested`` (or ``already``) → ``pass`` / ``pass_with_warnings``
+(validated), or ``quarantined`` at either step. ``pass``, ``pass_with_warnings`` and ``fail``
+are also what a validation report's ``outcome`` holds.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,10 @@ from typing import Any
 INGESTED = "ingested"  # converted now
 ALREADY = "already"  # the same bytes were ingested before (same dataset id)
 QUARANTINED = "quarantined"  # refused: moved to quarantine/<dataset_id>/ with reason.json
-PASSED = "passed"  # validated
-WARNED = "warned"  # validated, with warnings
+PASS = "pass"  # validated: every check passed
+WARN = "pass_with_warnings"  # validated: only warning-severity checks failed
+FAIL = "fail"  # a validation report's outcome when a critical check failed (the upload is quarantined)
+VALIDATED = (PASS, WARN)  # the outcomes that go on to embedding
 
 
 def refusal_message(manifest: dict[str, Any]) -> str:
