@@ -35,8 +35,8 @@ from pipelines.orchestration.dagkit import (
     step_command,
     upstream_manifest,
 )
-from pipelines.outcomes import QUARANTINED, VALIDATED
 from pipelines.orchestration.uploads import UploadsSensor
+from pipelines.outcomes import QUARANTINED, VALIDATED
 
 SENSOR_TIMEOUT_S = float(os.environ.get("SCLAKE_SENSOR_TIMEOUT_S", "3600"))
 SENSOR_POKE_S = float(os.environ.get("SCLAKE_SENSOR_POKE_S", "15"))

@@ -13,10 +13,9 @@ from badinput import case
 from validate_support import cli_env, client_fixture, configured, model_prefix_fixture, run_cli  # noqa: F401
 
 from pipelines import __version__
-from pipelines.errors import LakeError
-from pipelines.errors import InputError
-from pipelines.orchestration.steps import process_upload
+from pipelines.errors import InputError, LakeError
 from pipelines.lake import PATHS, Lake, LakeKeyError
+from pipelines.orchestration.steps import process_upload
 from pipelines.quarantine import list_quarantine, quarantine, quarantine_dataset, read_reason, release
 from pipelines.sample import write_sample
 from pipelines.settings import Settings

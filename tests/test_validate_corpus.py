@@ -14,8 +14,8 @@ import pytest
 from badinput import CASES, build_corpus, case, scanpy_pbmc68k
 from validate_support import MODEL, client_fixture, model_prefix_fixture  # noqa: F401
 
-from pipelines.orchestration.steps import process_upload
 from pipelines.lake import PATHS, Lake
+from pipelines.orchestration.steps import process_upload
 from pipelines.settings import Settings
 from pipelines.validate import read_summary, validated_cells
 

@@ -139,9 +139,7 @@ def validate_upload(
     }
 
 
-def process_upload(
-    settings: Settings, key: str, *, model: str | None = None, client: Any = None
-) -> dict[str, Any]:
+def process_upload(settings: Settings, key: str, *, model: str | None = None, client: Any = None) -> dict[str, Any]:
     """:data:`UPLOAD_STEPS` in order for one upload, in this process (``sclake run``, tests).
 
     Returns the last manifest: ``pass`` / ``pass_with_warnings`` / ``already``, or

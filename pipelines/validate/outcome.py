@@ -17,7 +17,6 @@ from typing import Any
 from pipelines.outcomes import FAIL, PASS, WARN
 from pipelines.validate.gx_runner import CheckResult
 
-
 # Most fundamental first: the primary reason is the first failing code in this order.
 CODE_ORDER = (
     "no_cells",
