@@ -20,8 +20,8 @@ import pytest
 from pipelines.dataset import open_dataset
 from pipelines.embed import embed_dataset, tokenize_dataset
 from pipelines.embed.tokens import read_token_part, vocabulary_for
-from pipelines.flow import ingest_and_validate
 from pipelines.lake import PATHS, Lake
+from pipelines.orchestration.steps import process_upload
 from pipelines.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -62,10 +62,10 @@ def published(settings: Settings, today_file: Path, tiny_model: str) -> dict[str
     ids = {}
     with dask_client(settings) as client:
         for name, path in (("anndata08", FIXTURE), ("today", today_file)):
-            result = ingest_and_validate(settings, str(path), client=client)
-            assert result.outcome == "pass", result.line()
-            ids[name] = result.dataset_id
-            tokenize_dataset(settings, result.dataset_id, tiny_model, client=client)
+            result = process_upload(settings, str(path), client=client)
+            assert result["outcome"] == "pass", result
+            ids[name] = result["dataset_id"]
+            tokenize_dataset(settings, result["dataset_id"], tiny_model, client=client)
     for dataset_id in ids.values():
         embed_dataset(settings, dataset_id, tiny_model, device="cpu", precision="fp32")
     return ids
