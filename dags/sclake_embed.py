@@ -33,6 +33,7 @@ from pipelines.orchestration.dagkit import (
     profile_for,
     run_step,
     step_command,
+    task_settings,
 )
 
 CATCH_UP_MINUTES = int(os.environ.get("SCLAKE_EMBED_CATCH_UP_MINUTES", "10"))
@@ -42,9 +43,8 @@ CATCH_UP_MINUTES = int(os.environ.get("SCLAKE_EMBED_CATCH_UP_MINUTES", "10"))
 def pending(model: str, triggering_asset_events=None) -> list[str]:
     """Datasets named by the triggering asset events first, then every other one still missing."""
     from pipelines.orchestration.steps import datasets_to_embed
-    from pipelines.settings import load_settings
 
-    settings = load_settings()
+    settings = task_settings()
     ids = [
         event.extra["dataset_id"]
         for events in (triggering_asset_events or {}).values()

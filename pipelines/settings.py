@@ -1,8 +1,10 @@
 """One typed settings object for every step (prefix ``SCLAKE_``).
 
 Values come, in order of precedence, from keyword arguments, the process environment,
-a ``.env`` file in the working directory, and ``$SCLAKE_HOME/stack.env`` (written by
-``sclake stack up`` with the embedded services' endpoints and generated credentials).
+a ``.env`` file in the working directory (for the CLI only: Airflow's DAG parsing and tasks
+read no file that depends on where their process was started), and
+``$SCLAKE_HOME/stack.env`` (written by ``sclake stack up`` with the embedded services'
+endpoints and generated credentials).
 """
 
 from __future__ import annotations
@@ -125,10 +127,12 @@ def stack_env_file(home: Path | None = None) -> Path:
     return (home or default_home()) / "stack.env"
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment, ``./.env`` and the embedded stack's env file."""
+def load_settings(*, cwd_env: bool = True, **overrides: object) -> Settings:
+    """Read settings from the environment, ``./.env`` (unless ``cwd_env`` is false) and the
+    embedded stack's env file."""
     home = Path(str(overrides["home"])) if "home" in overrides else default_home()
-    env_files = tuple(str(p) for p in (stack_env_file(home), Path(".env")) if p.is_file())
+    candidates = (stack_env_file(home), Path(".env")) if cwd_env else (stack_env_file(home),)
+    env_files = tuple(str(p) for p in candidates if p.is_file())
     return Settings(_env_file=env_files or None, **overrides)  # type: ignore[call-arg]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.lake import PATHS, Lake
+from pipelines.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("dask", "distributed", "torch", "helical", "great_expectations", "anndata", "zarr", "mlflow", "transformers")
@@ -52,6 +53,34 @@ def run_py(code: str, env: dict[str, str], timeout: int = 900) -> subprocess.Com
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+def test_dag_parsing_reads_no_dotenv_of_its_working_folder(tmp_path: Path) -> None:
+    """A ``.env`` in the folder Airflow was started from changes nothing in the DAGs."""
+    start = tmp_path / "started-here"
+    start.mkdir()
+    (start / ".env").write_text("SCLAKE_MODELS=from-dotenv\nSCLAKE_EXECUTION_MODE=local\n")
+    code = f"""
+        import json
+        from airflow.dag_processing.dagbag import DagBag
+        bag = DagBag({str(ROOT / "dags")!r})
+        from pipelines.orchestration.dagkit import configured_models
+        print(json.dumps({{"errors": list(bag.import_errors), "models": configured_models(),
+                          "tasks": sorted(bag.dags["sclake_embed"].task_ids)}}))
+        """
+    r = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=airflow_env(tmp_path),  # no SCLAKE_MODELS: the default, unless a .env were read
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=start,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    default = Settings(_env_file=None).model_list
+    assert out["errors"] == [] and out["models"] == default != ["from-dotenv"]
+    assert not any("from_dotenv" in t for t in out["tasks"]), out["tasks"]
 
 
 @pytest.mark.parametrize("mode", ["local", "docker", "kubernetes"])

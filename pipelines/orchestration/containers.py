@@ -24,7 +24,7 @@ def docker_operator(task_id: str, command: list[str], *, profile: Any = None, **
     """A :class:`StepDockerOperator` with the layout of ``SCLAKE_DOCKER_STACK`` and the profile's limits."""
     from pipelines import deploy
 
-    settings = load_settings()
+    settings = load_settings(cwd_env=False)
     kwargs = deploy.docker_operator_kwargs(settings, gpus=_gpus(profile))
     if profile is not None:
         kwargs["mem_limit"] = int(profile.container.memory)
@@ -196,7 +196,7 @@ def kubernetes_operator(task_id: str, command: list[str], *, profile: Any = None
 
     from pipelines import deploy
 
-    settings = load_settings()
+    settings = load_settings(cwd_env=False)
     gpus = _gpus(profile)
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}

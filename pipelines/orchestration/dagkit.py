@@ -47,19 +47,24 @@ def execution_mode() -> str:
     return mode
 
 
-def configured_models() -> list[str]:
+def task_settings():
+    """The settings DAG parsing and tasks use: the environment and the stack's env file, never a
+    ``./.env`` of whatever folder the Airflow process was started in."""
     from pipelines.settings import load_settings
 
-    return load_settings().model_list
+    return load_settings(cwd_env=False)
+
+
+def configured_models() -> list[str]:
+    return task_settings().model_list
 
 
 def run_step(name: str, **kwargs: Any) -> Any:
     """Run a step in this process with the settings of the environment (local mode)."""
     from pipelines.logs import setup_logging
     from pipelines.orchestration.steps import STEPS
-    from pipelines.settings import load_settings
 
-    settings = load_settings()
+    settings = task_settings()
     setup_logging(settings.log_level, stream=False)  # Airflow's own handlers write the task log
     return STEPS[name](settings, **kwargs)
 

@@ -74,7 +74,7 @@ def list_uploads(settings=None) -> list[str]:
     from pipelines.lake import Lake
     from pipelines.settings import load_settings
 
-    lake = Lake(settings or load_settings())
+    lake = Lake(settings or load_settings(cwd_env=False))
     uploads, skipped = scan_incoming(lake)
     report_skipped(lake, skipped)
     return uploads
