@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -47,8 +49,27 @@ def build_images(timeout: int = 3600) -> None:
     """
     if os.environ.get("SCLAKE_TEST_REUSE_IMAGES") == "1" and not os.environ.get("CI"):
         return
-    r = subprocess.run(["make", "images"], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    r = run_group(["make", "images"], timeout=timeout)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+
+
+def run_group(cmd: Sequence[str], *, timeout: float, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in a process group of its own; on a timeout or any interruption (the test's
+    time limit included) the whole group is killed, so no build or ``docker-compose`` it
+    started lives on behind the test."""
+    proc = subprocess.Popen(
+        list(cmd), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
 
 
 def containers(label: str, *, all_states: bool = True) -> list[str]:

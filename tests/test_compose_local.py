@@ -25,7 +25,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.docker_support import ROOT, containers, require_docker
+from tests.docker_support import ROOT, containers, require_docker, run_group
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -55,7 +55,7 @@ CELLS = 400
 
 
 def make(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    return run_group(["make", *args], timeout=timeout)
 
 
 def load_demo() -> ModuleType:

@@ -22,7 +22,7 @@ import pytest
 from pipelines import deploy
 from pipelines.lake import PATHS, Lake
 from pipelines.settings import Settings
-from tests.docker_support import ROOT, require_docker
+from tests.docker_support import ROOT, require_docker, run_group
 from tests.test_embed import cosine, read_embeddings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -44,7 +44,7 @@ def docker(*args: str, timeout: float = 600, check: bool = True) -> subprocess.C
 def images() -> str:
     """`make images` (the CUDA image only where its base is available); returns its output."""
     require_docker()
-    r = subprocess.run(["make", "images"], cwd=ROOT, capture_output=True, text=True, timeout=3600, check=False)
+    r = run_group(["make", "images"], timeout=3600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return r.stdout + r.stderr
 
