@@ -34,7 +34,7 @@ demo: setup  ## the main job on the embedded stack
 	$(RUN) sclake demo
 
 test: setup test-images  ## the whole test suite
-	$(RUN) pytest -q
+	$(RUN) pytest -q --durations=30
 
 # The tests marked `docker` use the project's images and the local stack's stand-ins: built
 # (or found in Docker's layer cache) before pytest starts, so that a cold build does not run
