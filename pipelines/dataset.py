@@ -1,7 +1,7 @@
 """Read a dataset in the lake's Zarr format (``zarr/<dataset_id>.zarr``): the reader API.
 
-The format (``encoding-type: sclake-dataset``, ``encoding-version: 0.1.0``; full spec
-in ``docs/ingest.md``)::
+The format (``encoding-type: sclake.dataset``, ``encoding-version: 0.1.0``, declared in
+:mod:`pipelines.formats`; full spec in ``docs/ingest.md``)::
 
     <dataset_id>.zarr/                 Zarr v3 group; attributes: the dataset block below
       var/                             anndata dataframe: the genes (stored once)
@@ -15,7 +15,7 @@ in ``docs/ingest.md``)::
 
 Root attributes::
 
-    {"encoding-type": "sclake-dataset", "encoding-version": "0.1.0", "dataset_id": …,
+    {"encoding-type": "sclake.dataset", "encoding-version": "0.1.0", "dataset_id": …,
      "n_obs": …, "n_vars": …, "nnz": …, "parts": [{"index", "start", "stop", "nnz"}, …],
      "counts_source": "X" | "layers/counts" | "raw/X" | …, "gene_id_source": "index" |
      "var/<column>" | null, "source_sha256": …, "source_layout": "csr" | "csc" | "dense",
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipelines import formats
 from pipelines.errors import LakeError
 from pipelines.lake import PATHS, Lake
 
@@ -43,9 +44,7 @@ if TYPE_CHECKING:
     import scipy.sparse as sp
     import zarr
 
-ENCODING_TYPE = "sclake-dataset"
-ENCODING_VERSION = "0.1.0"
-SUPPORTED_VERSIONS = ("0.1.0",)
+ENCODING = formats.encoding("dataset")
 PARTS_GROUP = "parts"
 STATS_GROUP = "stats"
 ENSEMBL_VERSION_RE = re.compile(r"\.\d+$")
@@ -109,13 +108,7 @@ class Dataset:
         self.storage_options = dict(storage_options or {})
         self.root: zarr.Group = zarr.open_group(open_store(url, self.storage_options), mode="r", zarr_format=3)
         attrs = dict(self.root.attrs)
-        if attrs.get("encoding-type") != ENCODING_TYPE:
-            raise LakeError(f"{url!r} is not a sclake dataset (encoding-type {attrs.get('encoding-type')!r})")
-        if attrs.get("encoding-version") not in SUPPORTED_VERSIONS:
-            raise LakeError(
-                f"{url!r} has encoding-version {attrs.get('encoding-version')!r}; "
-                f"this sclake reads {SUPPORTED_VERSIONS}"
-            )
+        formats.check("dataset", attrs, repr(url))
         self.attrs = attrs
         self.dataset_id: str = attrs["dataset_id"]
         self.n_obs: int = int(attrs["n_obs"])

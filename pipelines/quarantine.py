@@ -3,7 +3,7 @@
 ``quarantine/<dataset_id>/`` holds the original file (under its upload name) and
 ``reason.json``::
 
-    {"encoding-type": "sclake-quarantine-reason", "encoding-version": "0.1.0",
+    {"encoding-type": "sclake.quarantine-reason", "encoding-version": "0.1.0",
      "dataset_id": "...", "source": "incoming/lab/sample.h5ad", "file": "sample.h5ad",
      "sha256": "...", "size": 123, "stage": "validate", "code": "not_raw_counts",
      "reason": "X holds non-integer values ...", "hint": "Upload raw UMI counts, ...",
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines import __version__
+from pipelines import __version__, formats
 from pipelines.errors import InputError, LakeError
 from pipelines.lake import HASH_BLOCK, PATHS, Lake, LakeKeyError, check_dataset_id, lake_key
 from pipelines.logs import get_logger
@@ -36,7 +36,7 @@ from pipelines.settings import Settings
 log = get_logger(__name__)
 
 REASON_FILE = "reason.json"
-REASON_ENCODING = {"encoding-type": "sclake-quarantine-reason", "encoding-version": "0.1.0"}
+REASON_ENCODING = formats.encoding("quarantine-reason")
 RELEASE_FILE = "released.json"
 
 
@@ -284,7 +284,9 @@ def read_reason(settings: Settings, dataset_id: str) -> dict[str, Any]:
     rel = reason_path(check_dataset_id(dataset_id))
     if not lake.exists(rel):
         raise LakeError(f"dataset {dataset_id!r} is not in quarantine ({lake.url(PATHS.quarantine(dataset_id))!r})")
-    return lake.read_json(rel)
+    reason = lake.read_json(rel)
+    formats.check("quarantine-reason", reason, lake.url(rel))
+    return reason
 
 
 def list_quarantine(settings: Settings) -> list[QuarantineEntry]:

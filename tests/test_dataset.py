@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 import zarr
 
-from pipelines.dataset import ENCODING_TYPE, ENCODING_VERSION, Dataset, open_dataset, open_store
+from pipelines.dataset import Dataset, open_dataset, open_store
 from pipelines.errors import LakeError
 from pipelines.ingest import ingest
 from pipelines.lake import PATHS, Lake
@@ -42,7 +42,7 @@ def test_reader_api(any_settings: Settings, client, tmp_path: Path) -> None:
     assert isinstance(ds, Dataset)
     assert repr(ds) == f"Dataset({dataset_id!r}, n_obs=130, n_vars=700, parts=3)"
     assert ds.url == lake.url(PATHS.zarr(dataset_id))
-    assert ds.attrs["encoding-type"] == ENCODING_TYPE and ds.attrs["encoding-version"] == ENCODING_VERSION
+    assert (ds.attrs["encoding-type"], ds.attrs["encoding-version"]) == ("sclake.dataset", "0.1.0")
     assert (ds.n_obs, ds.n_vars, ds.nnz) == (130, 700, src.X.nnz)
     assert ds.counts_source == "X" and ds.gene_id_source == "index"
     assert [(p.index, p.start, p.stop, p.n_obs) for p in ds.parts] == [
@@ -85,5 +85,5 @@ def test_open_dataset_refuses_what_is_not_published(settings_file: Settings) -> 
     # A Zarr group that is not in this format.
     url = lake.url("zarr/other.zarr")
     zarr.create_group(open_store(url, read_only=False), zarr_format=3, attributes={"encoding-type": "anndata"})
-    with pytest.raises(LakeError, match="not a sclake dataset"):
+    with pytest.raises(LakeError, match="is not a Zarr dataset .encoding-type"):
         Dataset(url)

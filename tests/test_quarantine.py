@@ -67,7 +67,7 @@ def test_failed_upload_is_quarantined_fixed_and_released(
     }
     assert reason["failed_checks"] == ["duplicate_cell_ids"] and reason["sclake_version"] == __version__
     assert "20 cells share their id" in reason["reason"] and "obs_names_make_unique" in reason["hint"]
-    assert reason["encoding-type"] == "sclake-quarantine-reason"
+    assert reason["encoding-type"] == "sclake.quarantine-reason"
     assert [(e.dataset_id, e.code, e.file, e.size) for e in list_quarantine(settings)] == [
         (dataset_id, "duplicate_cell_ids", "dup.h5ad", len(original))
     ]

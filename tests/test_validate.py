@@ -118,7 +118,7 @@ def test_valid_dataset_passes_and_publishes_reports(settings: Settings, client, 
     folder = PATHS.validation(dataset_id)
     assert lake.is_published(folder)
     summary = read_summary(lake, dataset_id)
-    assert summary["outcome"] == "pass" and summary["encoding-type"] == "sclake-validation"
+    assert summary["outcome"] == "pass" and summary["encoding-type"] == "sclake.validation"
     assert summary["thresholds"]["min_genes"] == 20
     gx_results = lake.read_json(f"{folder}/gx_results.json")
     assert set(gx_results) == set(DATASET_SUITES) and all(r["success"] for r in gx_results.values())

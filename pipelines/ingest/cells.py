@@ -7,13 +7,12 @@ leaves ``incoming/``, so a query only reads it (:mod:`pipelines.query`, view ``c
 
 from __future__ import annotations
 
+from pipelines import formats
 from pipelines.lake import COMMIT_MARKER, PATHS, Lake
 from pipelines.logs import get_logger
 
 log = get_logger(__name__)
 
-ENCODING_TYPE = "sclake.cells-obs"
-ENCODING_VERSION = "1"
 
 
 def write_cells(lake: Lake, dataset_id: str) -> str:
@@ -36,11 +35,7 @@ def write_cells(lake: Lake, dataset_id: str) -> str:
             frame[col] = frame[col].astype(frame[col].cat.categories.dtype)
     frame.insert(0, "cell_id", obs.index.astype(str))
     table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
-    meta = {
-        b"encoding-type": ENCODING_TYPE.encode(),
-        b"encoding-version": ENCODING_VERSION.encode(),
-        b"dataset_id": dataset_id.encode(),
-    }
+    meta = {**formats.parquet_encoding("cells-obs"), b"dataset_id": dataset_id.encode()}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
     with lake.publishing(final, info={"dataset_id": dataset_id, "rows": table.num_rows}) as stage:
         with lake.open(f"{stage}/obs.parquet", "wb") as f:

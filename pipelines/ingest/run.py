@@ -286,7 +286,7 @@ def convert(
     given, is called once every part is written, before the store is published (it may
     raise to prevent the publication).
     """
-    from pipelines.dataset import ENCODING_TYPE, ENCODING_VERSION, PARTS_GROUP, STATS_GROUP, open_store
+    from pipelines.dataset import ENCODING, PARTS_GROUP, STATS_GROUP, open_store
     from pipelines.ingest.writer import part_is_complete
 
     zrel = PATHS.zarr(dataset_id)
@@ -299,11 +299,10 @@ def convert(
         "layout": spec.layout,
         "part_cells": settings.part_cells,
         "shard_cells": settings.shard_cells,
-        "encoding-version": ENCODING_VERSION,
+        "encoding-version": ENCODING["encoding-version"],
     }
     commit_info = {
-        "encoding-type": ENCODING_TYPE,
-        "encoding-version": ENCODING_VERSION,
+        **ENCODING,
         "dataset_id": dataset_id,
         "source_sha256": sha,
         "n_obs": spec.n_obs,
@@ -498,11 +497,10 @@ def _unwrap(out: dict[str, Any]) -> Any:
 def _root_attrs(
     spec: SourceSpec, dataset_id: str, sha: str, settings: Settings, records: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    from pipelines.dataset import ENCODING_TYPE, ENCODING_VERSION
+    from pipelines.dataset import ENCODING
 
     return {
-        "encoding-type": ENCODING_TYPE,
-        "encoding-version": ENCODING_VERSION,
+        **ENCODING,
         "dataset_id": dataset_id,
         "n_obs": spec.n_obs,
         "n_vars": spec.n_vars,

@@ -16,11 +16,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pipelines import formats
 from pipelines.errors import ModelFilesError
 from pipelines.models.registry import ModelFiles
 
-ENCODING_TYPE = "sclake.model-manifest"
-ENCODING_VERSION = "1"
+ENCODING = formats.encoding("model-manifest")
 _CHUNK = 8 * 1024 * 1024
 
 # (path, size, mtime_ns) -> sha256 of files already hashed in this process.
@@ -68,15 +68,9 @@ def read_manifest(files: ModelFiles) -> dict[str, Any] | None:
         data = json.loads(files.manifest.read_text())
     except (OSError, ValueError) as e:
         raise ModelFilesError(f"model manifest {str(files.manifest)!r} cannot be read: {e}") from e
-    if not isinstance(data, dict) or data.get("encoding-type") != ENCODING_TYPE:
-        raise ModelFilesError(
-            f"{str(files.manifest)!r} is not a model manifest (encoding-type {ENCODING_TYPE!r} expected)"
-        )
-    if str(data.get("encoding-version")) != ENCODING_VERSION:
-        raise ModelFilesError(
-            f"model manifest {str(files.manifest)!r} has encoding-version {data.get('encoding-version')!r}; "
-            f"this sclake reads {ENCODING_VERSION!r}"
-        )
+    if not isinstance(data, dict):
+        raise ModelFilesError(f"{str(files.manifest)!r} is not a model manifest (not a JSON object)")
+    formats.check("model-manifest", data, repr(str(files.manifest)), error=ModelFilesError)
     return data
 
 

@@ -35,7 +35,7 @@ from pipelines.errors import ModelFilesError
 from pipelines.logs import get_logger
 from pipelines.models import vocabulary
 from pipelines.models.loader import check_files
-from pipelines.models.manifest import ENCODING_TYPE, ENCODING_VERSION, file_entries, file_sha256, read_manifest
+from pipelines.models.manifest import ENCODING, file_entries, file_sha256, read_manifest
 from pipelines.models.registry import MANIFEST, PYTORCH_BIN, ModelFiles, ModelSpec, get_spec, model_files
 
 if TYPE_CHECKING:
@@ -148,8 +148,7 @@ def _manifest(files: ModelFiles, stage: Path, *, tiny: bool, seed: int) -> dict[
         staged = stage / final.name
         entries[files.relative(final)] = {"sha256": file_sha256(staged), "bytes": staged.stat().st_size}
     return {
-        "encoding-type": ENCODING_TYPE,
-        "encoding-version": ENCODING_VERSION,
+        **ENCODING,
         "model": spec.name,
         "version": spec.version,
         "synthetic": True,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines import formats
 from pipelines.outcomes import FAIL, PASS, WARN
 from pipelines.validate.gx_runner import CheckResult
 
@@ -206,8 +207,7 @@ class ValidationResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "encoding-type": "sclake-validation",
-            "encoding-version": "0.1.0",
+            **formats.encoding("validation"),
             "dataset_id": self.dataset_id,
             "model": self.model,
             "outcome": self.outcome,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import __version__
+from pipelines import __version__, formats
 from pipelines.errors import LakeError
 from pipelines.lake import PATHS, Lake
 from pipelines.validate.outcome import FAIL
@@ -29,7 +29,7 @@ from pipelines.validate.outcome import FAIL
 SUMMARY = "validation.json"
 GX_RESULTS = "gx_results.json"
 DOCS = "data_docs"
-CELLS_ENCODING = {b"encoding-type": b"sclake-validated-cells", b"encoding-version": b"0.1.0"}
+CELLS_ENCODING = formats.parquet_encoding("validated-cells")
 
 
 def cells_table(cells: pd.DataFrame, cell_ids: np.ndarray, kept: np.ndarray) -> bytes:
@@ -53,17 +53,6 @@ def cells_table(cells: pd.DataFrame, cell_ids: np.ndarray, kept: np.ndarray) -> 
     return buf.getvalue()
 
 
-def _upload_tree(lake: Lake, local: Path, rel: str) -> int:
-    n = 0
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        dest = lake.path(f"{rel}/{path.relative_to(local).as_posix()}")
-        if lake.protocol == "file":
-            Path(dest).parent.mkdir(parents=True, exist_ok=True)
-        lake.fs.put_file(str(path), dest)
-        n += 1
-    return n
-
-
 def publish(
     lake: Lake,
     final: str,
@@ -75,9 +64,9 @@ def publish(
     """Replace the validation folder ``final`` with this run's files, atomically."""
     if lake.is_published(final):
         lake.unpublish(final)
-    info = {"encoding-type": "sclake-validation", "encoding-version": "0.1.0", "outcome": summary.get("outcome")}
+    info = {**formats.encoding("validation"), "outcome": summary.get("outcome")}
     with lake.publishing(final, info=info) as stage:
-        _upload_tree(lake, docs_dir, f"{stage}/{DOCS}")
+        lake.put_tree(docs_dir, f"{stage}/{DOCS}")
         lake.write_bytes(f"{stage}/{GX_RESULTS}", json.dumps(gx_results, default=str).encode())
         for name, data in (extra or {}).items():
             lake.write_bytes(f"{stage}/{name}", data)
@@ -89,7 +78,9 @@ def read_summary(lake: Lake, dataset_id: str, model: str | None = None) -> dict[
     final = PATHS.validation(dataset_id, model)
     if not lake.is_published(final):
         return None
-    return lake.read_json(f"{final}/{SUMMARY}")
+    summary = lake.read_json(f"{final}/{SUMMARY}")
+    formats.check("validation", summary, repr(lake.url(f"{final}/{SUMMARY}")))
+    return summary
 
 
 def is_validated(lake: Lake, dataset_id: str) -> bool:
@@ -118,9 +109,7 @@ def validated_cells(lake: Lake, dataset_id: str) -> dict[int, np.ndarray]:
         raise LakeError(f"dataset {dataset_id!r} failed validation ({summary.get('code')}): {summary.get('reason')}")
     with lake.open(PATHS.validated_cells(dataset_id), "rb") as f:
         table = pq.read_table(f, columns=["part", "row", "kept"])
-    meta = table.schema.metadata or {}
-    if meta.get(b"encoding-type") != CELLS_ENCODING[b"encoding-type"]:
-        raise LakeError(f"{lake.url(PATHS.validated_cells(dataset_id))!r} is not a sclake validated-cell table")
+    formats.check("validated-cells", table.schema.metadata, repr(lake.url(PATHS.validated_cells(dataset_id))))
     part = table.column("part").to_numpy()
     row = table.column("row").to_numpy()
     kept = table.column("kept").to_numpy(zero_copy_only=False)
