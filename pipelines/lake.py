@@ -1,17 +1,7 @@
-"""The lake: every lake path built in one place, storage access through fsspec, atomic publish.
+"""The lake: storage access through fsspec, and atomic publish.
 
-Layout (relative to ``SCLAKE_LAKE_URI``)::
-
-    incoming/                                   drop zone (any sub-folders)
-    raw/<dataset_id>.h5ad                       accepted originals, immutable
-    zarr/<dataset_id>.zarr                      the chunked dataset
-    tokens/dataset_id=<id>/vocab=<hash>/part-<NNNNN>.parquet   rank-value tokens, shared by models of one vocabulary
-    embeddings/model=<m>/dataset_id=<id>/part-<NNNNN>.parquet
-    quarantine/<dataset_id>/                    rejected uploads + reason.json
-    reports/<dataset_id>/                       validation results, Data Docs, QC plots, lineage records
-    cells/dataset_id=<dataset_id>/obs.parquet   obs of every cell (for the DuckDB ``cells`` view)
-    models/                                     mirrored model files
-    _staging/<final path>                       work in progress, never read by consumers
+The layout (every lake path) lives in :mod:`pipelines.lake_layout` and the reading of a
+lake URI in :mod:`pipelines.lake_store`; this module re-exports both.
 
 Publishing: a writer stages its output under ``_staging/<final path>`` and commits it.
 On ``file://`` the commit is one directory rename; on ``s3://`` objects are copied into
@@ -25,17 +15,48 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import posixpath
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
-from pipelines.errors import ConfigError, LakeError
+from pipelines.errors import LakeError
+from pipelines.lake_layout import (
+    DATASET_ID_RE,
+    MODEL_NAME_RE,
+    PATHS,
+    STAGING,
+    LakeKeyError,
+    LakePaths,
+    check_dataset_id,
+    check_model_name,
+    lake_key,
+    part_name,
+)
+from pipelines.lake_store import s3_storage_options, split_lake_uri
 from pipelines.settings import Settings
+
+__all__ = [
+    "COMMIT_MARKER",
+    "DATASET_ID_RE",
+    "HASH_BLOCK",
+    "MODEL_NAME_RE",
+    "PATHS",
+    "STAGING",
+    "Lake",
+    "LakeKeyError",
+    "LakePaths",
+    "check_dataset_id",
+    "check_model_name",
+    "lake_key",
+    "open_lake",
+    "part_name",
+    "s3_storage_options",
+]
 
 COMMIT_MARKER = "_SUCCESS"
 # S3's CopyObject copies up to 5 GiB in one request. s3fs switches to a multipart copy at
@@ -43,186 +64,7 @@ COMMIT_MARKER = "_SUCCESS"
 # ETag, so that s3fs fails; we use CopyObject up to its limit.
 COPY_OBJECT_LIMIT = 5 * 2**30
 STREAM_COPY_BLOCK = 64 * 2**20
-STAGING = "_staging"
-DATASET_ID_RE = re.compile(r"^[0-9a-f]{16}$")
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 HASH_BLOCK = 8 * 1024 * 1024
-
-
-def check_dataset_id(dataset_id: str) -> str:
-    """Return ``dataset_id`` if it is 16 lowercase hex digits, else raise ``ValueError``."""
-    if not DATASET_ID_RE.match(dataset_id or ""):
-        raise ValueError(f"dataset id {dataset_id!r} is not 16 lowercase hex digits (the start of a SHA-256)")
-    return dataset_id
-
-
-def check_model_name(model: str) -> str:
-    if not MODEL_NAME_RE.match(model or ""):
-        raise ValueError(f"model name {model!r} may only hold letters, digits, '.', '_' and '-'")
-    return model
-
-
-class LakeKeyError(LakeError, ValueError):
-    """A lake key given by a user that cannot be used: empty, a URI, or outside its prefix."""
-
-
-def lake_key(key: str, prefix: str = "") -> str:
-    """A user-given lake key, normalised and confined to ``prefix``.
-
-    The one place where keys that users type (``--to incoming/x.h5ad``, an upload key)
-    become lake paths. Leading slashes are dropped (the lake root), empty and ``.``
-    components removed and ``..`` resolved (``incoming/a/../b.h5ad`` is
-    ``incoming/b.h5ad``). The result must lie strictly inside ``prefix`` (default: the
-    lake root), so ``incoming/../raw/x.h5ad`` under ``incoming`` and
-    ``incoming/../../x.h5ad`` anywhere are refused.
-
-    Raises
-    ------
-    LakeKeyError
-        The key is empty, a URI, holds a backslash or NUL, or resolves outside ``prefix``;
-        the message names the key, what it resolves to and what is accepted.
-    """
-    prefix = prefix.strip("/")
-    where = f"under {prefix}/" if prefix else "inside the lake"
-    example = f"{prefix}/<name>.h5ad" if prefix else "incoming/<name>.h5ad"
-    if not isinstance(key, str) or not key.strip("/ "):
-        raise LakeKeyError(f"lake key {key!r} is empty; give a key {where}, e.g. {example}")
-    if "://" in key:
-        raise LakeKeyError(f"{key!r} is a URI, not a lake key; give a key {where}, e.g. {example}")
-    if "\\" in key or "\0" in key:
-        raise LakeKeyError(f"lake key {key!r} holds a backslash or NUL character; use '/' between folders")
-    norm = posixpath.normpath(key.lstrip("/"))
-    inside = norm.startswith(f"{prefix}/") if prefix else norm not in (".", "..") and not norm.startswith("../")
-    if not inside:
-        raise LakeKeyError(
-            f"lake key {key!r} resolves to {norm!r}, which is not a key {where}; give a key like {example}"
-        )
-    return norm
-
-
-def part_name(part: int) -> str:
-    """``part-00042``: the zero-padded part file stem."""
-    if part < 0:
-        raise ValueError(f"part index {part!r} must be >= 0")
-    return f"part-{part:05d}"
-
-
-@dataclass(frozen=True)
-class LakePaths:
-    """Relative lake paths (posix, no scheme) built from (dataset_id, model, part)."""
-
-    incoming: str = "incoming"
-    raw_dir: str = "raw"
-    zarr_dir: str = "zarr"
-    embeddings_dir: str = "embeddings"
-    quarantine_dir: str = "quarantine"
-    reports_dir: str = "reports"
-    models_dir: str = "models"
-    cells_dir: str = "cells"
-    tokens_dir: str = "tokens"
-    state_dir: str = "_state"
-
-    def raw(self, dataset_id: str) -> str:
-        return f"{self.raw_dir}/{check_dataset_id(dataset_id)}.h5ad"
-
-    def zarr(self, dataset_id: str) -> str:
-        return f"{self.zarr_dir}/{check_dataset_id(dataset_id)}.zarr"
-
-    def embeddings(self, model: str, dataset_id: str) -> str:
-        return f"{self.embeddings_dir}/model={check_model_name(model)}/dataset_id={check_dataset_id(dataset_id)}"
-
-    def embedding_part(self, model: str, dataset_id: str, part: int) -> str:
-        return f"{self.embeddings(model, dataset_id)}/{part_name(part)}.parquet"
-
-    def quarantine(self, dataset_id: str) -> str:
-        return f"{self.quarantine_dir}/{check_dataset_id(dataset_id)}"
-
-    def reports(self, dataset_id: str) -> str:
-        return f"{self.reports_dir}/{check_dataset_id(dataset_id)}"
-
-    def lineage_record(self, dataset_id: str, model: str | None = None) -> str:
-        """``reports/<id>/lineage/ingest.json``, or ``.../model=<m>.json`` for an embedding run."""
-        name = "ingest" if model is None else f"model={check_model_name(model)}"
-        return f"{self.reports(dataset_id)}/lineage/{name}.json"
-
-    def qc_plot(self, dataset_id: str, model: str) -> str:
-        return f"{self.reports(dataset_id)}/qc/{check_model_name(model)}.png"
-
-    def validation(self, dataset_id: str, model: str | None = None) -> str:
-        """Published folder of a validation: ``reports/<id>/validation`` (the dataset suites) or
-        ``reports/<id>/embedding_validation/model=<m>`` (the embedding-output suite).
-
-        Holds ``validation.json`` (the summary), ``gx_results.json``, ``data_docs/`` (GX Data Docs)
-        and, for the dataset, ``validated_cells.parquet``.
-        """
-        if model is None:
-            return f"{self.reports(dataset_id)}/validation"
-        return f"{self.reports(dataset_id)}/embedding_validation/model={check_model_name(model)}"
-
-    def validated_cells(self, dataset_id: str) -> str:
-        """Per cell (part, row): its stats and whether it passed validation (``kept``)."""
-        return f"{self.validation(dataset_id)}/validated_cells.parquet"
-
-    def cells(self, dataset_id: str) -> str:
-        """The published directory holding a dataset's ``obs.parquet``."""
-        return f"{self.cells_dir}/dataset_id={check_dataset_id(dataset_id)}"
-
-    def cells_obs(self, dataset_id: str) -> str:
-        return f"{self.cells(dataset_id)}/obs.parquet"
-
-    def tokens(self, dataset_id: str, vocab_hash: str) -> str:
-        """Published folder of a dataset's tokens for one vocabulary (``Vocabulary.hash``)."""
-        if not re.match(r"^[0-9a-f]{16}$", vocab_hash or ""):
-            raise ValueError(f"vocabulary hash {vocab_hash!r} is not 16 lowercase hex digits")
-        return f"{self.tokens_dir}/dataset_id={check_dataset_id(dataset_id)}/vocab={vocab_hash}"
-
-    def token_part(self, dataset_id: str, vocab_hash: str, part: int) -> str:
-        return f"{self.tokens(dataset_id, vocab_hash)}/{part_name(part)}.parquet"
-
-    def state(self, name: str) -> str:
-        return f"{self.state_dir}/{name}"
-
-    def staging(self, final: str) -> str:
-        return f"{STAGING}/{final.strip('/')}"
-
-
-PATHS = LakePaths()
-
-
-def s3_storage_options(settings: Settings) -> dict[str, Any]:
-    """fsspec/s3fs options for the configured S3 endpoint.
-
-    Checksums are computed and validated only when required: S3-compatible servers
-    (rclone's, some MinIO releases) send the whole object's checksum on ranged reads,
-    which current botocore would reject.
-    """
-    opts: dict[str, Any] = {
-        "config_kwargs": {
-            "request_checksum_calculation": "when_required",
-            "response_checksum_validation": "when_required",
-            "s3": {"addressing_style": "path"},
-        },
-        "client_kwargs": {"region_name": settings.s3_region},
-    }
-    if settings.s3_endpoint_url:
-        opts["endpoint_url"] = settings.s3_endpoint_url
-    if settings.s3_access_key:
-        opts["key"] = settings.s3_access_key
-        opts["secret"] = settings.s3_secret_key or ""
-    else:
-        opts["anon"] = False
-    return opts
-
-
-def _split_uri(uri: str) -> tuple[str, str]:
-    """``(protocol, root)``; ``root`` has no scheme and no trailing slash."""
-    if uri.startswith("s3://"):
-        return "s3", uri[len("s3://") :].strip("/")
-    if uri.startswith("file://"):
-        return "file", str(Path(uri[len("file://") :]).resolve())
-    if "://" in uri:
-        raise ConfigError(f"lake URI {uri!r} has an unsupported scheme; use s3://bucket[/prefix] or file:///abs/path")
-    return "file", str(Path(uri).expanduser().resolve())
 
 
 class Lake:
@@ -231,7 +73,7 @@ class Lake:
     def __init__(self, settings: Settings, paths: LakePaths = PATHS) -> None:
         self.settings = settings
         self.paths = paths
-        self.protocol, self.root = _split_uri(settings.lake_uri)
+        self.protocol, self.root = split_lake_uri(settings.lake_uri)
         self.storage_options: dict[str, Any] = s3_storage_options(settings) if self.protocol == "s3" else {}
         # Listings must see what other processes wrote a moment ago.
         self.fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **self.storage_options)
@@ -262,6 +104,25 @@ class Lake:
         if not p.startswith(self.root + "/"):
             raise LakeError(f"{path_or_url!r} is not inside the lake {self.uri!r}")
         return p[len(self.root) + 1 :]
+
+    def key_of(self, location: str) -> str | None:
+        """The lake path of ``location`` when it is in one of the lake's own forms, else ``None``.
+
+        The forms: the lake's URL (``s3://lake/incoming/x.h5ad``) and, on ``file://``, an
+        absolute local path under the root. The root itself, another store and a local path
+        outside the lake give ``None``.
+        """
+        ours = location.startswith(f"{self.protocol}://") or (self.protocol == "file" and location.startswith("/"))
+        if not ours:
+            return None
+        try:
+            return self.rel(location) or None
+        except LakeError:
+            return None
+
+    def reader_location(self, rel: str) -> str:
+        """What a reader outside fsspec (DuckDB) opens for ``rel``: a local path on ``file://``, else the URL."""
+        return self.path(rel) if self.protocol == "file" else self.url(rel)
 
     # -- plain access -------------------------------------------------------------------------------
 
@@ -315,25 +176,65 @@ class Lake:
     def put(self, local: str | Path, rel: str) -> None:
         """Upload a local file to ``rel`` (one object: atomic on S3; rename on ``file://``)."""
         if self.protocol == "file":
-            tmp = self.path(self.paths.staging(rel))
-            self.fs.makedirs(posixpath.dirname(tmp), exist_ok=True)
-            self.fs.put_file(str(local), tmp)
-            self._rename(tmp, self.path(rel))
+            self._via_stage(rel, lambda tmp: self.fs.put_file(str(local), tmp))
         else:
             self.fs.put_file(str(local), self.path(rel))
+
+    def put_atomic(self, rel: str, data: bytes) -> dict[str, Any]:
+        """Write ``data`` to ``rel`` in one piece; returns ``{"path", "bytes", "sha256"}``.
+
+        On ``file://`` the bytes go to a hidden temporary name in the same folder
+        (``.<name>.tmp-<hex>``, which :meth:`open_stage` clears after a crash), are synced
+        and renamed; on S3 a single PUT makes the object appear whole or not at all. A
+        resumed run therefore never meets a half-written file.
+        """
+        if self.protocol == "file":
+            final = Path(self.path(rel))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, final)
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            try:
+                self.fs.pipe_file(self.path(rel), data)
+            except OSError as e:
+                raise LakeError(f"cannot write {self.url(rel)!r}: {e}") from e
+        return {"path": rel, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
     def get(self, rel: str, local: str | Path) -> None:
         self.fs.get_file(self.path(rel), str(local))
 
+    def put_tree(self, local: str | Path, rel: str) -> int:
+        """Upload every file under the local folder ``local`` to ``rel`` (plain puts, e.g. into a stage); the count."""
+        n = 0
+        for path in sorted(p for p in Path(local).rglob("*") if p.is_file()):
+            dest = self.path(f"{rel}/{path.relative_to(local).as_posix()}")
+            if self.protocol == "file":
+                Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            self.fs.put_file(str(path), dest)
+            n += 1
+        return n
+
     def copy(self, src_rel: str, dst_rel: str) -> None:
         """Copy one object inside the lake (server-side on S3; staged then renamed on ``file://``)."""
+        self.copy_in(self.path(src_rel), dst_rel)
+
+    def copy_in(self, src: str, dst_rel: str, size: int | None = None, *, if_match: str | None = None) -> str | None:
+        """Copy the object at store path ``src`` (another bucket too, on S3) to the lake path ``dst_rel``.
+
+        On ``file://`` staged then renamed; on S3 server-side, with ``size`` and ``if_match``
+        as in :meth:`copy_object`. Returns the copy's ETag when the server gave one.
+        """
         if self.protocol == "file":
-            tmp = self.path(self.paths.staging(dst_rel))
-            self.fs.makedirs(posixpath.dirname(tmp), exist_ok=True)
-            self.fs.copy(self.path(src_rel), tmp)
-            self._rename(tmp, self.path(dst_rel))
-        else:
-            self.copy_object(self.path(src_rel), self.path(dst_rel))
+            self._via_stage(dst_rel, lambda tmp: self.fs.copy(src, tmp))
+            return None
+        return self.copy_object(src, self.path(dst_rel), size, if_match=if_match)
 
     def copy_object(self, src: str, dst: str, size: int | None = None, *, if_match: str | None = None) -> str | None:
         """Copy one object between store paths (``bucket/key`` on S3, server-side).
@@ -370,6 +271,14 @@ class Lake:
                     w.write(block)
         return None
 
+    def etag(self, path: str) -> str | None:
+        """The current ETag of the object at store path ``path`` on S3 (not cached); ``None`` on ``file://``."""
+        if self.protocol != "s3":
+            return None
+        self.fs.invalidate_cache(path)
+        etag = self.fs.info(path).get("ETag")
+        return str(etag) if etag else None
+
     def rm(self, rel: str, *, recursive: bool = False) -> None:
         try:
             self.fs.rm(self.path(rel), recursive=recursive)
@@ -384,10 +293,14 @@ class Lake:
                 h.update(block)
         return h.hexdigest()
 
-    def _rename(self, src: str, dst: str) -> None:
-        Path(dst).parent.mkdir(parents=True, exist_ok=True)
-        Path(src).replace(dst)
-        self._prune_staging(Path(src).parent)
+    def _via_stage(self, rel: str, write: Callable[[str], Any]) -> None:
+        """``file://``: ``write`` the file at its staging path, then rename it to ``rel``."""
+        tmp = self.path(self.paths.staging(rel))
+        self.fs.makedirs(posixpath.dirname(tmp), exist_ok=True)
+        write(tmp)
+        Path(self.path(rel)).parent.mkdir(parents=True, exist_ok=True)
+        Path(tmp).replace(self.path(rel))
+        self._prune_staging(Path(tmp).parent)
 
     def _prune_staging(self, folder: Path) -> None:
         """Remove the empty folders a commit left under ``_staging/`` (``file://``), ``_staging`` too.
@@ -425,19 +338,58 @@ class Lake:
         (``resume=True``) or are cleared by the next run (``resume=False``).
         """
         final = final.strip("/")
-        stage = self.paths.staging(final)
         if not resume:
-            self.rm(stage, recursive=True)
-        if self.protocol == "file":
-            self.fs.makedirs(self.path(stage), exist_ok=True)
+            self.rm(self.paths.staging(final), recursive=True)
+        stage = self._make_stage(final)
         commit = dict(info or {})
         yield stage
         self.commit(stage, final, commit)
 
-    def commit(self, stage: str, final: str, info: dict[str, Any] | None = None) -> None:
-        """Make ``stage`` visible at ``final`` (replacing an unpublished leftover there)."""
+    def open_stage(self, final: str) -> str:
+        """The staging folder of ``final``, ready for a resumed writer; returns its relative path.
+
+        Creates the folder where the store needs one (``file://``) and removes the temporary
+        files a crashed :meth:`put_atomic` left there; complete files stay, so a writer that
+        ran halfway can keep what it staged (:meth:`staged_parts`) and write the rest.
+        Publish with :meth:`commit`.
+        """
+        stage = self._make_stage(final)
+        if self.protocol == "file":
+            folder = Path(self.path(stage))
+            for tmp in folder.glob(".*.tmp-*") if folder.is_dir() else ():
+                tmp.unlink(missing_ok=True)
+        return stage
+
+    def _make_stage(self, final: str) -> str:
+        stage = self.paths.staging(final.strip("/"))
+        if self.protocol == "file":
+            self.fs.makedirs(self.path(stage), exist_ok=True)
+        return stage
+
+    def staged_parts(self, stage: str, suffix: str = ".parquet") -> list[str]:
+        """The part files (``part-*<suffix>``) already in the staging folder ``stage``, as sorted lake paths."""
+        self.fs.invalidate_cache()
+        try:
+            names = self.fs.ls(self.path(stage), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            posixpath.join(stage, posixpath.basename(n))
+            for n in names
+            if posixpath.basename(n).startswith("part-") and n.endswith(suffix)
+        )
+
+    def commit(self, stage: str, final: str, info: dict[str, Any] | None = None, *, exist_ok: bool = False) -> bool:
+        """Make ``stage`` visible at ``final`` (replacing an unpublished leftover there).
+
+        Returns ``True``. When ``final`` is already published (by another run of the same
+        writer), returns ``False`` with ``exist_ok`` and leaves ``stage`` alone, else raises
+        :class:`LakeError`: a published output is immutable.
+        """
         marker = json.dumps(info or {}, indent=2, sort_keys=True, default=str).encode()
         if self.is_published(final):
+            if exist_ok:
+                return False
             raise LakeError(f"{self.url(final)!r} is already published; it is immutable")
         if self.protocol == "file":
             src, dst = Path(self.path(stage)), Path(self.path(final))
@@ -447,7 +399,7 @@ class Lake:
             dst.parent.mkdir(parents=True, exist_ok=True)
             src.replace(dst)  # one rename: the whole tree appears at once
             self._prune_staging(src.parent)
-            return
+            return True
         # S3: copy every staged object into place, one after the other (rclone's server fails
         # concurrent writes that create files in one new folder), then write the marker last.
         self.fs.invalidate_cache()
@@ -458,6 +410,7 @@ class Lake:
                 self.copy_object(obj, f"{self.path(final)}/{tail}", int(entry.get("size") or 0))
         self.write_bytes(f"{final}/{COMMIT_MARKER}", marker)
         self.rm(stage, recursive=True)
+        return True
 
     def unpublish(self, final: str) -> None:
         """Remove a published directory (marker first, so readers stop seeing it at once)."""

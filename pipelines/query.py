@@ -134,7 +134,7 @@ def s3_secret_sql(settings: Settings, name: str = "sclake_lake") -> str:
 
 def duckdb_location(lake: Lake, rel: str) -> str:
     """What DuckDB reads for a lake path: a local path on ``file://``, an ``s3://`` URL otherwise."""
-    return lake.path(rel) if lake.protocol == "file" else lake.url(rel)
+    return lake.reader_location(rel)
 
 
 def committed_partitions(lake: Lake) -> dict[tuple[str, str], list[str]]:

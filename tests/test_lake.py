@@ -150,3 +150,59 @@ def test_commits_leave_no_empty_staging_folders(settings_file, tmp_path) -> None
     with lake.publishing("embeddings/model=m/dataset_id=" + DID[::-1]) as stage:
         lake.write_bytes(f"{stage}/part-00000.parquet", b"p")
     assert (other / "part-00000.parquet").read_bytes() == b"q"
+
+
+def test_resumable_stage_keeps_parts_and_clears_partial_writes(any_settings) -> None:
+    lake = Lake(any_settings)
+    final = PATHS.embeddings("m", DID)
+    stage = lake.open_stage(final)
+    assert stage == PATHS.staging(final)
+    record = lake.put_atomic(f"{stage}/part-00000.parquet", b"abc")
+    assert record == {
+        "path": f"{stage}/part-00000.parquet",
+        "bytes": 3,
+        "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+    }
+    lake.put_atomic(f"{stage}/notes.txt", b"n")
+    if lake.protocol == "file":  # what a writer killed inside put_atomic leaves
+        partial = Path(lake.path(f"{stage}/.part-00001.parquet.tmp-0123456789ab"))
+        partial.write_bytes(b"half")
+    # A rerun opens the same stage: complete parts stay, partial writes go.
+    assert lake.open_stage(final) == stage
+    if lake.protocol == "file":
+        assert not partial.exists()
+    assert lake.staged_parts(stage) == [f"{stage}/part-00000.parquet"]
+    assert lake.staged_parts(stage, suffix=".txt") == []
+    assert lake.staged_parts(PATHS.staging(PATHS.embeddings("m", DID[::-1]))) == []
+    assert lake.commit(stage, final, {"rows": 1}) is True
+    assert lake.read_bytes(f"{final}/part-00000.parquet") == b"abc"
+    # Published meanwhile by another run: exist_ok says so; without it the output is immutable.
+    again = lake.open_stage(final)
+    assert lake.commit(again, final, exist_ok=True) is False
+    with pytest.raises(LakeError, match="already published"):
+        lake.commit(again, final)
+    assert lake.commit_info(final) == {"rows": 1}
+
+
+def test_lake_locations(any_settings, tmp_path) -> None:
+    lake = Lake(any_settings)
+    rel = f"incoming/{DID}.h5ad"
+    assert lake.key_of(lake.url(rel)) == rel
+    assert lake.key_of(lake.url("")) is None
+    assert lake.key_of("s3://elsewhere-bucket/x.h5ad") is None
+    assert lake.key_of(str(tmp_path / "outside.h5ad")) is None
+    assert lake.key_of(rel) is None  # a key is not a location
+    if lake.protocol == "file":
+        assert lake.key_of(lake.path(rel)) == rel
+        assert lake.reader_location(rel) == lake.path(rel)
+        assert lake.etag(lake.path(rel)) is None
+    else:
+        assert lake.reader_location(rel) == lake.url(rel)
+        lake.write_bytes(rel, b"abc")
+        assert lake.etag(lake.path(rel))
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "index.html").write_text("i")
+    (docs / "sub" / "a.html").write_text("a")
+    assert lake.put_tree(docs, "reports/x/docs") == 2
+    assert lake.ls("reports/x/docs", recursive=True) == ["reports/x/docs/index.html", "reports/x/docs/sub/a.html"]

@@ -322,7 +322,7 @@ def run_parts(
                 p, table, stats = item
                 t0 = time.perf_counter()
                 rel = f"{job.stage}/{part_name(p)}.parquet"
-                record = writer.put_atomic(lake, rel, writer.parquet_bytes(table))
+                record = lake.put_atomic(rel, writer.parquet_bytes(table))
                 stats.write_s = time.perf_counter() - t0
                 files.append({**record, "part": p, "rows": table.num_rows})
                 total.add(stats)

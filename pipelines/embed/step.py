@@ -128,7 +128,7 @@ def _staged(
 ) -> dict[int, dict[str, Any]]:
     """Parts already in the staging folder that were made the same way and hold the expected rows."""
     done = {}
-    for rel in writer.staged_parts(lake, stage):
+    for rel in lake.staged_parts(stage):
         found = writer.read_metadata(lake, rel)
         if found is None:
             continue
@@ -322,10 +322,7 @@ def embed_dataset(
         "precision": prec,
         "emb_layer": str(emb_layer),
     }
-    stage = PATHS.staging(final)
-    if lake.protocol == "file":
-        lake.fs.makedirs(lake.path(stage), exist_ok=True)
-    writer.clear_partials(lake, stage)
+    stage = lake.open_stage(final)
     hashes = {p: rows_hash(None if keep is None else keep[p]) for p in range(n_parts)}
     done = _staged(lake, stage, same_run, expected_rows, hashes)
     todo = [p for p in range(n_parts) if p not in done]
@@ -393,11 +390,7 @@ def embed_dataset(
         "files": [{k: r[k] for k in ("path", "part", "rows", "bytes", "sha256")} for r in records],
     }
     info.pop("part", None)
-    try:
-        lake.commit(stage, final, info)
-    except LakeError:
-        if not lake.is_published(final):
-            raise
+    if not lake.commit(stage, final, info, exist_ok=True):
         log.info("embeddings %s were published meanwhile by another run", lake.url(final))
     commit_s = time.perf_counter() - t0
     usage = monitor.stop()

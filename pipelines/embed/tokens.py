@@ -113,7 +113,7 @@ def tokenize_part(
         "sclake_version": writer.package_version("sclake"),
     }
     table = writer.tokens_table(obs.index.astype(str), toks.ids, toks.offsets, writer.obs_columns(obs), meta)
-    record = writer.put_atomic(lake, f"{stage}/{part_name(part)}.parquet", writer.parquet_bytes(table))
+    record = lake.put_atomic(f"{stage}/{part_name(part)}.parquet", writer.parquet_bytes(table))
     return {
         **record,
         "part": part,
@@ -147,7 +147,7 @@ def read_token_part(lake: Lake, rel: str) -> TokenPart:
 
 def _staged_ok(lake: Lake, stage: str, vocab_hash: str) -> dict[int, dict[str, Any]]:
     done = {}
-    for rel in writer.staged_parts(lake, stage):
+    for rel in lake.staged_parts(stage):
         found = writer.read_metadata(lake, rel)
         if found is None:
             continue
@@ -246,12 +246,8 @@ def tokenize_dataset(settings: Settings, dataset_id: str, model: str, *, client:
         " (ids collapsed through the mapping dictionary)" if plan.collapse else "",
         len(ds.parts),
     )
-    # Staged under the path derived from the final one (as Lake.publishing does, resuming), and
-    # committed with the totals, which are known only at the end.
-    stage = PATHS.staging(final)
-    if lake.protocol == "file":
-        lake.fs.makedirs(lake.path(stage), exist_ok=True)
-    writer.clear_partials(lake, stage)
+    # Staged resumably, and committed with the totals, which are known only at the end.
+    stage = lake.open_stage(final)
     done = _staged_ok(lake, stage, vocab.hash)
     todo = [p.index for p in ds.parts if p.index not in done]
     progress = Progress(f"tokenize {dataset_id}", total=ds.n_obs, unit="cells", logger=log)
@@ -276,11 +272,7 @@ def tokenize_dataset(settings: Settings, dataset_id: str, model: str, *, client:
         "genes_matched": plan.n_genes,
         "collapse": plan.collapse,
     }
-    try:
-        lake.commit(stage, final, info)
-    except LakeError:
-        if not lake.is_published(final):
-            raise
+    if not lake.commit(stage, final, info, exist_ok=True):
         log.info("tokens %s were published meanwhile by another run; using them", lake.url(final))
     seconds = time.perf_counter() - started
     log.info("tokenized %s cells of %s into %s in %.1fs", f"{cells:,}", dataset_id, lake.url(final), seconds)

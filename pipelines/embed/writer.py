@@ -1,21 +1,17 @@
-"""Parquet files of the embedding step: schemas loaded from ``schemas/``, obs carried through, atomic writes.
+"""Parquet files of the embedding step: schemas loaded from ``schemas/``, obs carried through.
 
 Two formats, each described by a JSON file in ``schemas/`` that this module reads:
 ``embeddings.schema.json`` (the contract users query with DuckDB) and
-``tokens.schema.json`` (the stored rank-value tokens). A file is written whole in
-memory and put in one piece: on ``file://`` to a hidden temporary name in the same
-folder, then renamed; on ``s3://`` with a single PUT (an object appears whole or not at
-all). A resumed run therefore never meets a half-written part.
+``tokens.schema.json`` (the stored rank-value tokens). A file is built whole in memory
+(:func:`parquet_bytes`) and put in one piece with :meth:`pipelines.lake.Lake.put_atomic`,
+so a resumed run never meets a half-written part.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import posixpath
-import uuid
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -172,37 +168,6 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def put_atomic(lake: Lake, rel: str, data: bytes) -> dict[str, Any]:
-    """Write ``data`` to the lake path ``rel`` in one piece; returns ``{"path", "bytes", "sha256"}``."""
-    if lake.protocol == "file":
-        final = Path(lake.path(rel))
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-    else:
-        try:
-            lake.fs.pipe_file(lake.path(rel), data)
-        except OSError as e:
-            raise LakeError(f"cannot write {lake.url(rel)!r}: {e}") from e
-    return {"path": rel, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def clear_partials(lake: Lake, folder_rel: str) -> None:
-    """Remove temporary files a crashed writer left in a staging folder (``file://`` only)."""
-    if lake.protocol != "file":
-        return
-    folder = Path(lake.path(folder_rel))
-    for tmp in folder.glob(".*.tmp-*") if folder.is_dir() else ():
-        tmp.unlink(missing_ok=True)
-
-
 def read_metadata(lake: Lake, rel: str) -> tuple[dict[str, str], int] | None:
     """A Parquet file's decoded key-value metadata and row count, ``None`` when it cannot be read."""
     try:
@@ -212,17 +177,3 @@ def read_metadata(lake: Lake, rel: str) -> tuple[dict[str, str], int] | None:
             return meta, pf.metadata.num_rows
     except (OSError, pa.ArrowException, LakeError):
         return None
-
-
-def staged_parts(lake: Lake, stage_rel: str) -> list[str]:
-    """The part files already in a staging folder (relative lake paths)."""
-    lake.fs.invalidate_cache()
-    try:
-        names = lake.fs.ls(lake.path(stage_rel), detail=False)
-    except FileNotFoundError:
-        return []
-    return sorted(
-        posixpath.join(stage_rel, posixpath.basename(n))
-        for n in names
-        if posixpath.basename(n).startswith("part-") and n.endswith(".parquet")
-    )

@@ -73,10 +73,8 @@ def resolve_upload(lake: Lake, uri: str) -> Upload:
                 f"{uri!r} has an unsupported scheme", "give a local path, file:// or s3:// URI", code="not_found"
             )
         local = Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser().resolve()
-        if lake.protocol == "file" and str(local).startswith(lake.root + "/"):
-            up = Upload(uri, rel=lake.rel(str(local)))
-        else:
-            up = Upload(uri, local=local)
+        rel = lake.key_of(str(local))
+        up = Upload(uri, rel=rel) if rel is not None else Upload(uri, local=local)
     else:
         up = Upload(uri, rel=uri.strip("/"))  # a key relative to the lake
     if not _exists(lake, up):
@@ -147,12 +145,9 @@ def fingerprint(lake: Lake, up: Upload) -> Fingerprint:
 
 
 def _etag(lake: Lake, up: Upload) -> str | None:
-    if up.local is not None or lake.protocol != "s3":
+    if up.local is not None:
         return None
-    path = up.fs_path or lake.path(up.rel or "")
-    lake.fs.invalidate_cache(path)
-    etag = lake.fs.info(path).get("ETag")
-    return str(etag) if etag else None
+    return lake.etag(up.fs_path or lake.path(up.rel or ""))
 
 
 MD5_ETAG = re.compile(r'^"?[0-9a-fA-F]{32}"?$')  # an object written in one request, unencrypted or SSE-S3
@@ -195,13 +190,10 @@ def store_raw(lake: Lake, up: Upload, fp: Fingerprint) -> str:
         return rel
     if up.local is not None:
         lake.put(up.local, rel)
-    elif lake.protocol == "s3":
-        src = up.fs_path or lake.path(up.rel or "")
-        etag = lake.copy_object(src, lake.path(rel), fp.size, if_match=fp.etag)
+    else:
+        etag = lake.copy_in(up.fs_path or lake.path(up.rel or ""), rel, fp.size, if_match=fp.etag)
         if fp.etag and etag == fp.etag and MD5_ETAG.match(etag):
             return rel  # the server copied the bytes that were hashed (see the module docstring)
-    else:
-        lake.copy(up.rel or "", rel)
     if not raw_is_verified(lake, fp):
         lake.rm(rel)
         raise LakeError(f"the copy of {up.uri!r} at {lake.url(rel)!r} does not match the original (size or checksum)")

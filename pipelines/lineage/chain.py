@@ -34,12 +34,8 @@ def upload_key(lake: Lake, value: Any) -> str | None:
     if not value:
         return None
     text = str(value)
-    in_lake_form = text.startswith(f"{lake.protocol}://") or (lake.protocol == "file" and text.startswith("/"))
-    if in_lake_form:
-        try:
-            return lake.rel(text) or text
-        except LakeError:  # outside the lake
-            return text
+    if (rel := lake.key_of(text)) is not None:
+        return rel
     if "://" in text or text.startswith("/"):  # another store, or a local path
         return text
     try:
