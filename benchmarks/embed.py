@@ -142,7 +142,7 @@ def child_sclake(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from pipelines.embed import embed_dataset, tokenize_dataset
-    from pipelines.embed.step import bf16_supported
+    from pipelines.profiles import bf16_supported
 
     torch.set_num_threads(spec["threads"])
     settings = settings_for(Path(spec["workdir"]))
@@ -414,7 +414,7 @@ def main() -> None:
     tok_spec = {"workdir": str(args.workdir), "model": models[0], "cells": args.tokenizer_cells}
     tokenizers = run_child("tokenizers", tok_spec)
     results = [bench_model(m, n, args, dataset_id, peaks) for m, n in zip(models, counts, strict=True)]
-    from pipelines.embed.step import bf16_supported
+    from pipelines.profiles import bf16_supported
 
     report = {
         "benchmark": "embed",

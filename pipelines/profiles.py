@@ -1,7 +1,8 @@
 """Resource profiles: how much of which machine each model needs (``pipelines/config/profiles.yaml``).
 
-One profile per model. The embedding engine takes its precision and batch size from the
-profile (:meth:`Profile.precision_for`, :meth:`Profile.token_budget_for`), Dask its
+One profile per model. The embedding engine takes its device, precision and batch size
+from the profile (:meth:`Profile.compute_for`, which reads what this machine's torch
+supports through :func:`resolve_device` and :func:`bf16_supported`), Dask its
 resource tags and memory cap, Airflow its pool and queue, and the worker containers their
 limits, so that a model's needs are written down once.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -62,6 +64,43 @@ def device_kind(device: str) -> Literal["cpu", "gpu"]:
     if d in ("gpu", "cuda") or d.startswith("cuda:"):
         return "gpu"
     raise ConfigError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'cuda:<index>'")
+
+
+def resolve_device(device: str | None) -> str:
+    """``cpu``, ``cuda`` or ``cuda:<i>``; ``None``/``auto``: CUDA when available, else CPU."""
+    import torch
+
+    d = (device or "auto").strip().lower()
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if d == "gpu":
+        d = "cuda"
+    if d != "cpu" and not (d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
+        raise ConfigError(f"device {device!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:<index>'")
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for but torch sees no CUDA device here; use --device cpu")
+    return d
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether ``device`` computes in bfloat16 at full speed (CUDA: Ampere or later; CPU: AVX512-BF16/AMX)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and how one run computes: the torch device, its precision and the padded tokens per batch."""
+
+    device: str
+    precision: Precision
+    token_budget: int
 
 
 class _Strict(BaseModel):
@@ -176,6 +215,18 @@ class Profile(_Strict):
                 f"precision {requested!r} is not available for {self.name} on {device!r}; allowed: {list(allowed)}"
             )
         return requested  # type: ignore[return-value]
+
+    def compute_for(
+        self, device: str | None = None, precision: str | None = None, token_budget: int | None = None
+    ) -> Compute:
+        """Resolve a run's device (:func:`resolve_device`), precision and token budget on this machine.
+
+        ``precision`` and ``token_budget`` default to the profile's for the device; the
+        default precision is bf16 only where :func:`bf16_supported` says so.
+        """
+        dev = resolve_device(device)
+        prec = self.resolve_precision(dev, precision, bf16_supported=bf16_supported(dev))
+        return Compute(dev, prec, int(token_budget or self.token_budget_for(dev)))
 
     def token_budget_for(self, device: str) -> int:
         """Tokens per forward batch on ``device`` (cpu or gpu budget)."""

@@ -281,7 +281,7 @@ def test_unknown_dataset_and_device_are_refused(lake_settings, tiny_model):
 
     with pytest.raises(LakeError, match="0123456789abcdef"):
         embed_dataset(lake_settings, "0123456789abcdef", tiny_model)
-    from pipelines.embed.step import resolve_device
+    from pipelines.profiles import resolve_device
 
     with pytest.raises(ConfigError, match="'tpu'"):
         resolve_device("tpu")

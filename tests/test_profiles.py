@@ -9,7 +9,17 @@ import yaml
 
 from pipelines.errors import ConfigError
 from pipelines.models import MODELS, get_spec
-from pipelines.profiles import PROFILES_FILE, device_kind, get_profile, load_profiles, parse_bytes, parse_profiles
+from pipelines.profiles import (
+    PROFILES_FILE,
+    Compute,
+    bf16_supported,
+    device_kind,
+    get_profile,
+    load_profiles,
+    parse_bytes,
+    parse_profiles,
+    resolve_device,
+)
 
 GIB = 2**30
 
@@ -63,6 +73,18 @@ def test_token_budget_and_batches() -> None:
     assert get_profile("gf-18L-316M-i4096").cells_per_batch("cpu") == 1
     assert get_profile("gf-18L-316M-i4096").dask_resources_for("cpu") == {}
     assert get_profile("gf-18L-316M-i4096").dask_resources_for("cuda") == {"GPU": 1}
+
+
+def test_compute_for_a_run_on_this_machine() -> None:
+    p = get_profile("gf-6L-10M-i2048")
+    assert p.compute_for("cpu", "fp32") == Compute("cpu", "fp32", p.token_budget_for("cpu"))
+    assert p.compute_for("CPU", token_budget=4096).token_budget == 4096
+    assert p.compute_for("cpu").precision == p.precision_for("cpu", bf16_supported=bf16_supported("cpu"))
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match=r"precision 'fp16' is not available"):
+        p.compute_for("cpu", "fp16")
+    with pytest.raises(ConfigError, match=r"device 'tpu' is not supported"):
+        p.compute_for("tpu")
 
 
 def test_unknown_model_and_device() -> None:

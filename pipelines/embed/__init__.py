@@ -9,7 +9,8 @@ embed_dataset(settings, dataset_id, model, *, device=None, precision=None, clien
 Modules: ``tokenizer`` (rank-value encoding of CSR blocks), ``tokens`` (the tokenize step
 and the stored token parts), ``encoder`` (the BERT encoder, torch only), ``batching``
 (length buckets under a token budget), ``engine`` (the streamed inference loop),
-``writer`` (Parquet schemas and atomic writes), ``step`` (``embed_dataset``).
+``writer`` (Parquet schemas and tables), ``dispatch`` (the engine in this process or on a
+Dask cluster), ``step`` (``embed_dataset``).
 Importing this package does not import torch, anndata or Helical.
 """
 

@@ -1,11 +1,11 @@
 """``embed_dataset``: tokens to published, hive-partitioned embedding Parquet for one (dataset, model).
 
-The step resolves the device and precision from the model's resource profile, makes
-sure the dataset's tokens for the model's vocabulary exist (:func:`tokenize_dataset`),
-picks the cells that passed validation, and streams the parts through the engine:
-in this process when no Dask cluster is configured (every core through torch's threads),
-else over the cluster's workers (one task per worker or per GPU, ``resources={"GPU": 1}``
-on GPU clusters, torch threads sized so that the workers of a host share its cores).
+The step resolves the device and precision from the model's resource profile
+(:meth:`Profile.compute_for <pipelines.profiles.Profile.compute_for>`), makes sure the
+dataset's tokens for the model's vocabulary exist (:func:`tokenize_dataset`), picks the
+cells that passed validation, and streams the parts through the engine
+(:mod:`pipelines.embed.dispatch`): in this process when no Dask cluster is configured,
+else over the cluster's workers.
 
 Each part is written to the staging folder of
 ``embeddings/model=<m>/dataset_id=<id>/`` as soon as it is done; the folder is committed
@@ -16,16 +16,17 @@ kept. A published output is never recomputed.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import time
-import uuid
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipelines.embed import writer
-from pipelines.embed.engine import EmbedJob, EngineOptions, rows_hash, run_parts
+from pipelines.embed.dispatch import dispatch
+from pipelines.embed.engine import EmbedJob, EngineOptions, rows_hash
 from pipelines.embed.tokenizer import TOKENIZER_VERSION
 from pipelines.embed.tokens import tokenize_dataset, vocabulary_for
 from pipelines.errors import ConfigError, LakeError
@@ -33,7 +34,10 @@ from pipelines.lake import PATHS, Lake, check_dataset_id, check_model_name, part
 from pipelines.logs import get_logger
 
 if TYPE_CHECKING:
+    from pipelines.embed.tokenizer import Vocabulary
+    from pipelines.profiles import Compute, Profile
     from pipelines.settings import Settings
+    from pipelines.usage import Usage
 
 log = get_logger(__name__)
 
@@ -69,41 +73,6 @@ class EmbedResult:
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def resolve_device(device: str | None) -> str:
-    """``cpu``, ``cuda`` or ``cuda:<i>``; ``None``/``auto``: CUDA when available, else CPU."""
-    import torch
-
-    d = (device or "auto").strip().lower()
-    if d == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if d == "gpu":
-        d = "cuda"
-    if d != "cpu" and not (d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
-        raise ConfigError(f"device {device!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:<index>'")
-    if d.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but torch sees no CUDA device here; use --device cpu")
-    return d
-
-
-def bf16_supported(device: str) -> bool:
-    """Whether ``device`` computes in bfloat16 at full speed (CUDA: Ampere or later; CPU: AVX512-BF16/AMX)."""
-    import torch
-
-    if device.startswith("cuda"):
-        return bool(torch.cuda.is_bf16_supported())
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def kept_rows(lake: Lake, dataset_id: str, n_parts: int) -> dict[int, np.ndarray] | None:
@@ -163,50 +132,6 @@ def _published_result(lake: Lake, dataset_id: str, model: str, final: str, start
     )
 
 
-def _distribute(client: Any, job: EmbedJob, todo: list[int], keep: Any, resources: dict[str, float]) -> list[dict]:
-    """One engine task per worker (or per GPU), parts dealt round-robin."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    if resources:
-        slots = [
-            a for a, w in workers.items() if all(w.get("resources", {}).get(k, 0) >= v for k, v in resources.items())
-        ]
-        if not slots:
-            raise ConfigError(
-                f"no Dask worker offers the resources {resources} the profile asks for "
-                "(start GPU workers with `dask worker --resources GPU=1`) or use --device cpu"
-            )
-    else:
-        slots = list(workers)
-    n_tasks = max(1, min(len(slots), len(todo)))
-    groups = [todo[i::n_tasks] for i in range(n_tasks)]
-    cores = client.run(cpu_cores)
-    per_host: dict[str, int] = {}
-    for a in slots[:n_tasks]:
-        per_host[workers[a]["host"]] = per_host.get(workers[a]["host"], 0) + 1
-    token = uuid.uuid4().hex[:8]  # task keys only: a rerun never meets an old result
-    futures = []
-    for addr, group in zip(slots[:n_tasks], groups, strict=True):
-        threads = max(1, int(cores.get(addr, 1)) // per_host[workers[addr]["host"]])
-        task_job = replace(job, options=replace(job.options, threads=None if resources else threads))
-        sub = None if keep is None else {p: keep[p] for p in group}
-        futures.append(
-            client.submit(
-                run_parts,
-                task_job,
-                group,
-                sub,
-                resources=resources or None,
-                workers=None if resources else [addr],
-                allow_other_workers=True,
-                pure=False,
-                retries=1,
-                key=f"sclake-embed-{job.dataset_id}-{job.model}-{token}-{group[0]:05d}",
-            )
-        )
-    log.info("embedding %d parts with %d Dask tasks%s", len(todo), n_tasks, f" ({resources})" if resources else "")
-    return client.gather(futures)
-
-
 def embed_dataset(
     settings: Settings,
     dataset_id: str,
@@ -259,9 +184,6 @@ def embed_dataset(
     LakeError
         The dataset is not in the lake or failed validation.
     """
-    from pipelines.embed.encoder import layers_needed
-    from pipelines.models import check_model_files, read_manifest
-    from pipelines.profiles import get_profile
     from pipelines.usage import ResourceMonitor
 
     started = time.perf_counter()
@@ -272,175 +194,237 @@ def embed_dataset(
     if lake.is_published(final):
         log.info("embeddings of %s with %s are already published at %s", dataset_id, model, lake.url(final))
         return _published_result(lake, dataset_id, model, final, started)
+    setup = _set_up(settings, lake, dataset_id, model, device, precision, token_budget, emb_layer)
+    monitor = ResourceMonitor()
+    monitor.start()
+    seconds: dict[str, float] = {}
+    with _timer(seconds, "tokenize"):
+        n_parts = tokenize_dataset(settings, dataset_id, model, client=client).parts
+    vocab = vocabulary_for(settings, model)
+    keep, expected_rows, hashes = _rows(lake, dataset_id, vocab.hash, n_parts, keep)
+    metadata = _part_metadata(setup, dataset_id, model, emb_layer, vocab.hash)
+    stage = lake.open_stage(final)
+    done = _staged(lake, stage, _same_run(metadata), expected_rows, hashes)
+    todo = [p for p in range(n_parts) if p not in done]
+    if done:
+        log.info("resuming: %d of %d parts already staged", len(done), n_parts)
+    job = _job(settings, setup, vocab, stage, metadata)
+    resources = setup.profile.dask_resources_for(setup.compute.device)
+    with _timer(seconds, "embed"):
+        outputs = dispatch(settings, client, job, todo, keep, resources, progress)
+    with _timer(seconds, "commit"):
+        info = _manifest(lake, final, outputs, done, metadata, n_parts, setup)
+        if not lake.commit(stage, final, info, exist_ok=True):
+            log.info("embeddings %s were published meanwhile by another run", lake.url(final))
+    result = _result(lake.url(final), info, outputs, seconds, monitor.stop(), started, len(done))
+    log.info(
+        "embedded %s cells of %s with %s (%s, %s) in %.1fs: %.2f cells/s, published at %s",
+        f"{result.rows:,}",
+        dataset_id,
+        model,
+        result.device,
+        result.precision,
+        result.seconds,
+        result.cells_per_s,
+        result.prefix,
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What a run resolved before any work: the model's profile and files, where and how it computes."""
+
+    profile: Profile
+    files: Any
+    compute: Compute
+    width: int
+    synthetic: bool
+
+
+@contextlib.contextmanager
+def _timer(seconds: dict[str, float], name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    seconds[name] = time.perf_counter() - t0
+
+
+def _set_up(
+    settings: Settings,
+    lake: Lake,
+    dataset_id: str,
+    model: str,
+    device: str | None,
+    precision: str | None,
+    token_budget: int | None,
+    emb_layer: int,
+) -> _Setup:
+    """Check what a run needs before any work: the dataset, the model's files, device, precision and layer."""
+    from pipelines.embed.encoder import layers_needed
+    from pipelines.models import check_model_files, read_manifest
+    from pipelines.profiles import get_profile
+
     if not lake.is_published(PATHS.zarr(dataset_id)):
         raise LakeError(f"dataset {dataset_id!r} is not in the lake {lake.uri!r}; run `sclake ingest` first")
     profile = get_profile(model)
     files = check_model_files(settings, model)
-    dev = resolve_device(device)
-    prec = profile.resolve_precision(dev, precision, bf16_supported=bf16_supported(dev))
-    budget = int(token_budget or profile.token_budget_for(dev))
+    compute = profile.compute_for(device, precision, token_budget)
     width, n_layers = _architecture(files)
     try:
         layers_needed(emb_layer, n_layers)
     except ValueError as e:
         raise ConfigError(f"model {model!r}: {e}") from None
     manifest = read_manifest(files) or {}
-    monitor = ResourceMonitor()
-    monitor.start()
+    return _Setup(profile, files, compute, width, bool(manifest.get("synthetic", False)))
 
-    t0 = time.perf_counter()
-    tok = tokenize_dataset(settings, dataset_id, model, client=client)
-    tokenize_s = time.perf_counter() - t0
-    vocab = vocabulary_for(settings, model)
-    n_parts = tok.parts
+
+def _rows(
+    lake: Lake, dataset_id: str, vocab_hash: str, n_parts: int, keep: dict[int, np.ndarray] | None
+) -> tuple[dict[int, np.ndarray] | None, dict[int, int], dict[int, str]]:
+    """The rows to embed per part (``None``: every row), how many per part, and their fingerprints."""
     if keep is None:
         keep = kept_rows(lake, dataset_id, n_parts)
     else:  # parts not named keep no cell
         keep = {p: np.asarray(keep.get(p, ()), dtype=np.int64) for p in range(n_parts)}
-    expected_rows = {
-        p: int(len(keep[p])) if keep is not None else _part_cells(lake, dataset_id, vocab.hash, p)
+    expected = {
+        p: int(len(keep[p])) if keep is not None else _part_cells(lake, dataset_id, vocab_hash, p)
         for p in range(n_parts)
     }
-    metadata = {
+    hashes = {p: rows_hash(None if keep is None else keep[p]) for p in range(n_parts)}
+    return keep, expected, hashes
+
+
+def _part_metadata(setup: _Setup, dataset_id: str, model: str, emb_layer: int, vocab_hash: str) -> dict[str, Any]:
+    """The key-value metadata of every part (and of the commit marker)."""
+    return {
         "dataset_id": dataset_id,
         "model": model,
-        "model_version": files.version,
-        "synthetic": bool(manifest.get("synthetic", False)),
+        "model_version": setup.files.version,
+        "synthetic": setup.synthetic,
         "emb_mode": "cell",
         "emb_layer": emb_layer,
-        "precision": prec,
-        "device": dev,
+        "precision": setup.compute.precision,
+        "device": setup.compute.device,
         "tokenizer_version": TOKENIZER_VERSION,
-        "vocab_hash": vocab.hash,
+        "vocab_hash": vocab_hash,
         "sclake_version": writer.package_version("sclake"),
         "torch_version": writer.package_version("torch"),
     }
-    same_run = {
+
+
+def _same_run(metadata: dict[str, Any]) -> dict[str, str]:
+    """The metadata a staged part must share with this run to be kept by a resumed one."""
+    return {
         "encoding-version": writer.encoding("embeddings")["encoding-version"],
-        "model": model,
-        "vocab_hash": vocab.hash,
-        "precision": prec,
-        "emb_layer": str(emb_layer),
+        "model": metadata["model"],
+        "vocab_hash": metadata["vocab_hash"],
+        "precision": metadata["precision"],
+        "emb_layer": str(metadata["emb_layer"]),
     }
-    stage = lake.open_stage(final)
-    hashes = {p: rows_hash(None if keep is None else keep[p]) for p in range(n_parts)}
-    done = _staged(lake, stage, same_run, expected_rows, hashes)
-    todo = [p for p in range(n_parts) if p not in done]
-    if done:
-        log.info("resuming: %d of %d parts already staged", len(done), n_parts)
-    job = EmbedJob(
+
+
+def _job(settings: Settings, setup: _Setup, vocab: Vocabulary, stage: str, metadata: dict[str, Any]) -> EmbedJob:
+    dataset_id, model = metadata["dataset_id"], metadata["model"]
+    return EmbedJob(
         settings=settings,
         dataset_id=dataset_id,
         model=model,
-        model_dir=str(files.model_dir),
+        model_dir=str(setup.files.model_dir),
         tokens_prefix=PATHS.tokens(dataset_id, vocab.hash),
         stage=stage,
         cls_present="<cls>" in vocab.token_dictionary,
         eos_present="<eos>" in vocab.token_dictionary,
         pad_id=vocab.pad_id,
         options=EngineOptions(
-            device=dev,
-            precision=prec,
-            token_budget=budget,
-            emb_layer=emb_layer,
-            memory_cap_bytes=int(profile.host_memory),
+            device=setup.compute.device,
+            precision=setup.compute.precision,
+            token_budget=setup.compute.token_budget,
+            emb_layer=metadata["emb_layer"],
+            memory_cap_bytes=int(setup.profile.host_memory),
         ),
         metadata=metadata,
     )
-    t0 = time.perf_counter()
-    outputs: list[dict[str, Any]] = []
-    n_workers = 1
-    if todo:
-        remote = client
-        if remote is None and settings.dask_address:
-            from pipelines.dask_cluster import dask_client
 
-            with dask_client(settings) as remote:
-                outputs = _distribute(remote, job, todo, keep, profile.dask_resources_for(dev))
-        elif remote is not None:
-            outputs = _distribute(remote, job, todo, keep, profile.dask_resources_for(dev))
-        else:
-            in_process = replace(job, options=replace(job.options, threads=cpu_cores()))
-            log.info(
-                "embedding %d parts of %s with %s on %s (%s) in this process", len(todo), dataset_id, model, dev, prec
-            )
-            outputs = [run_parts(in_process, todo, keep, progress=progress)]
-        n_workers = len(outputs)
-    embed_s = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
+def _manifest(
+    lake: Lake,
+    final: str,
+    outputs: list[dict[str, Any]],
+    done: dict[int, dict[str, Any]],
+    metadata: dict[str, Any],
+    n_parts: int,
+    setup: _Setup,
+) -> dict[str, Any]:
+    """What the commit marker holds: the run's metadata, totals and one record per part file."""
     records = [f for out in outputs for f in out["files"]]
     for d in done.values():
         records.append({**d, "bytes": lake.size(d["path"]), "sha256": lake.sha256(d["path"])})
     records.sort(key=lambda r: r["part"])
     for r in records:
         r["path"] = f"{final}/{part_name(r['part'])}.parquet"
+    info = {
+        **writer.encoding("embeddings"),
+        **metadata,
+        "rows": sum(int(r["rows"]) for r in records),
+        "parts": n_parts,
+        "width": setup.width,
+        "token_budget": setup.compute.token_budget,
+        "files": [{k: r[k] for k in ("path", "part", "rows", "bytes", "sha256")} for r in records],
+    }
+    info.pop("part", None)
+    return info
+
+
+def _result(
+    prefix: str,
+    info: dict[str, Any],
+    outputs: list[dict[str, Any]],
+    seconds: dict[str, float],
+    usage: Usage,
+    started: float,
+    resumed: int,
+) -> EmbedResult:
+    """The run's result and metrics from its manifest, the engine's outputs and the phases' times."""
     stats: dict[str, float] = {}
     for out in outputs:
         for k, v in out["stats"].items():
             stats[k] = stats.get(k, 0) + v
-    rows = sum(int(r["rows"]) for r in records)
-    info = {
-        **writer.encoding("embeddings"),
-        **metadata,
-        "rows": rows,
-        "parts": n_parts,
-        "width": width,
-        "token_budget": budget,
-        "files": [{k: r[k] for k in ("path", "part", "rows", "bytes", "sha256")} for r in records],
-    }
-    info.pop("part", None)
-    if not lake.commit(stage, final, info, exist_ok=True):
-        log.info("embeddings %s were published meanwhile by another run", lake.url(final))
-    commit_s = time.perf_counter() - t0
-    usage = monitor.stop()
+    embed_s = seconds["embed"]
     worker_rss = max((int(o["peak_rss_bytes"]) for o in outputs), default=0)
     gpu_peaks = [int(o["gpu_peak_memory_bytes"]) for o in outputs if o.get("gpu_peak_memory_bytes") is not None]
     embedded = int(stats.get("cells", 0))
-    result = EmbedResult(
-        dataset_id=dataset_id,
-        model=model,
-        rows=rows,
-        parts=n_parts,
-        prefix=lake.url(final),
-        device=dev,
-        precision=prec,
-        width=width,
+    return EmbedResult(
+        dataset_id=info["dataset_id"],
+        model=info["model"],
+        rows=info["rows"],
+        parts=info["parts"],
+        prefix=prefix,
+        device=info["device"],
+        precision=info["precision"],
+        width=info["width"],
         cells_per_s=embedded / embed_s if embed_s > 0 and embedded else 0.0,
         tokens_per_s=stats.get("tokens", 0) / embed_s if embed_s > 0 else 0.0,
         tokens=int(stats.get("tokens", 0)),
         padded_tokens=int(stats.get("padded_tokens", 0)),
         seconds=time.perf_counter() - started,
         stage_seconds={
-            "tokenize": tokenize_s,
+            "tokenize": seconds["tokenize"],
             "embed": embed_s,
             "read": stats.get("read_s", 0.0),
             "compute": stats.get("compute_s", 0.0),
             "write": stats.get("write_s", 0.0),
-            "commit": commit_s,
+            "commit": seconds["commit"],
         },
         peak_rss_bytes=max(usage.peak_rss_bytes, worker_rss),
         gpu_peak_memory_bytes=max(gpu_peaks) if gpu_peaks else usage.gpu_peak_bytes,
         files=info["files"],
-        parts_resumed=len(done),
-        vocab_hash=vocab.hash,
-        token_budget=budget,
-        emb_layer=emb_layer,
-        synthetic=metadata["synthetic"],
-        workers=n_workers,
+        parts_resumed=resumed,
+        vocab_hash=info["vocab_hash"],
+        token_budget=info["token_budget"],
+        emb_layer=info["emb_layer"],
+        synthetic=info["synthetic"],
+        workers=len(outputs) or 1,
     )
-    log.info(
-        "embedded %s cells of %s with %s (%s, %s) in %.1fs: %.2f cells/s, published at %s",
-        f"{rows:,}",
-        dataset_id,
-        model,
-        dev,
-        prec,
-        result.seconds,
-        result.cells_per_s,
-        result.prefix,
-    )
-    return result
 
 
 def _part_cells(lake: Lake, dataset_id: str, vocab_hash: str, part: int) -> int:

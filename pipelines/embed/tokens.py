@@ -208,44 +208,9 @@ def tokenize_dataset(settings: Settings, dataset_id: str, model: str, *, client:
     vocab = vocabulary_for(settings, model)
     final = PATHS.tokens(dataset_id, vocab.hash)
     if lake.is_published(final):
-        info = lake.commit_info(final)
-        return TokenizeResult(
-            dataset_id=dataset_id,
-            model=model,
-            vocab_hash=vocab.hash,
-            prefix=lake.url(final),
-            parts=int(info.get("parts", 0)),
-            cells=int(info.get("cells", 0)),
-            tokens=int(info.get("tokens", 0)),
-            reused=True,
-            seconds=time.perf_counter() - started,
-            genes_matched=int(info.get("genes_matched", 0)),
-            collapse=bool(info.get("collapse", False)),
-        )
+        return _reused(lake, final, dataset_id, model, vocab.hash, started)
     ds = open_dataset(lake, dataset_id)
-    if ds.gene_ids is None:
-        raise InputError(
-            f"dataset {dataset_id} has no Ensembl gene ids (var index and columns hold none)",
-            "Geneformer needs Ensembl ids (ENSG...) in var: upload a file with them in the var index or a column",
-            code="no_ensembl_ids",
-        )
-    plan = plan_genes(list(ds.gene_ids), vocab)
-    if plan.n_genes == 0:
-        raise InputError(
-            f"none of the {ds.n_vars:,} genes of dataset {dataset_id} is in the vocabulary of {model!r}",
-            "check that var holds human Ensembl gene ids",
-            code="no_vocabulary_genes",
-        )
-    log.info(
-        "tokenize %s for %s (vocabulary %s): %d of %d genes in the vocabulary%s, %d parts",
-        dataset_id,
-        model,
-        vocab.hash,
-        plan.n_genes,
-        ds.n_vars,
-        " (ids collapsed through the mapping dictionary)" if plan.collapse else "",
-        len(ds.parts),
-    )
+    plan = _gene_plan(ds, dataset_id, model, vocab)
     # Staged resumably, and committed with the totals, which are known only at the end.
     stage = lake.open_stage(final)
     done = _staged_ok(lake, stage, vocab.hash)
@@ -289,14 +254,65 @@ def tokenize_dataset(settings: Settings, dataset_id: str, model: str, *, client:
         genes_matched=plan.n_genes,
         collapse=plan.collapse,
         parts_resumed=len(done),
-        files=sorted(
-            (
-                {
-                    **{k: r[k] for k in ("bytes", "sha256") if k in r},
-                    "path": PATHS.token_part(dataset_id, vocab.hash, r["part"]),
-                }
-                for r in records
-            ),
-            key=lambda r: r["path"],
+        files=_files(records, dataset_id, vocab.hash),
+    )
+
+
+def _reused(lake: Lake, final: str, dataset_id: str, model: str, vocab_hash: str, started: float) -> TokenizeResult:
+    """The result of a run that found the tokens published (from the commit marker)."""
+    info = lake.commit_info(final)
+    return TokenizeResult(
+        dataset_id=dataset_id,
+        model=model,
+        vocab_hash=vocab_hash,
+        prefix=lake.url(final),
+        parts=int(info.get("parts", 0)),
+        cells=int(info.get("cells", 0)),
+        tokens=int(info.get("tokens", 0)),
+        reused=True,
+        seconds=time.perf_counter() - started,
+        genes_matched=int(info.get("genes_matched", 0)),
+        collapse=bool(info.get("collapse", False)),
+    )
+
+
+def _gene_plan(ds: Any, dataset_id: str, model: str, vocab: Vocabulary) -> GenePlan:
+    """Which genes of the dataset the vocabulary holds; :class:`InputError` when none can be used."""
+    if ds.gene_ids is None:
+        raise InputError(
+            f"dataset {dataset_id} has no Ensembl gene ids (var index and columns hold none)",
+            "Geneformer needs Ensembl ids (ENSG...) in var: upload a file with them in the var index or a column",
+            code="no_ensembl_ids",
+        )
+    plan = plan_genes(list(ds.gene_ids), vocab)
+    if plan.n_genes == 0:
+        raise InputError(
+            f"none of the {ds.n_vars:,} genes of dataset {dataset_id} is in the vocabulary of {model!r}",
+            "check that var holds human Ensembl gene ids",
+            code="no_vocabulary_genes",
+        )
+    log.info(
+        "tokenize %s for %s (vocabulary %s): %d of %d genes in the vocabulary%s, %d parts",
+        dataset_id,
+        model,
+        vocab.hash,
+        plan.n_genes,
+        ds.n_vars,
+        " (ids collapsed through the mapping dictionary)" if plan.collapse else "",
+        len(ds.parts),
+    )
+    return plan
+
+
+def _files(records: list[dict[str, Any]], dataset_id: str, vocab_hash: str) -> list[dict[str, Any]]:
+    """One record per published token part (its final path, and bytes and sha256 where this run wrote it)."""
+    return sorted(
+        (
+            {
+                **{k: r[k] for k in ("bytes", "sha256") if k in r},
+                "path": PATHS.token_part(dataset_id, vocab_hash, r["part"]),
+            }
+            for r in records
         ),
+        key=lambda r: r["path"],
     )
