@@ -265,9 +265,7 @@ def run_parts(
         :class:`PartStats` fields), ``peak_rss_bytes`` and ``gpu_peak_memory_bytes`` of
         this process, ``device``.
     """
-    from pipelines.embed import writer
-    from pipelines.embed.tokens import read_token_part
-    from pipelines.lake import Lake, part_name
+    from pipelines.lake import Lake
     from pipelines.logs import Progress
 
     lake = Lake(job.settings)
@@ -282,104 +280,30 @@ def run_parts(
         gpu.reset_peak_memory_stats(embedder.device)
     total = PartStats()
     files: list[dict[str, Any]] = []
-    errors: list[BaseException] = []
-    stop = threading.Event()
-    inbox: queue.Queue = queue.Queue(maxsize=max(1, job.options.prefetch))
-    outbox: queue.Queue = queue.Queue(maxsize=1)
-
-    def put(q: queue.Queue, item: Any) -> bool:
-        """Put unless the run is stopping; ``False`` when it is."""
-        while not stop.is_set():
-            with contextlib.suppress(queue.Full):
-                q.put(item, timeout=0.2)
-                return True
-        return False
-
-    def get(q: queue.Queue) -> Any:
-        """The next item, or ``_DONE`` once the run is stopping."""
-        while not stop.is_set():
-            with contextlib.suppress(queue.Empty):
-                return q.get(timeout=0.2)
-        return _DONE
-
-    def reader() -> None:
-        try:
-            for p in parts:
-                t0 = time.perf_counter()
-                tp = read_token_part(lake, f"{job.tokens_prefix}/{part_name(p)}.parquet")
-                if tp.part != p:
-                    raise ValueError(f"token file of part {p} says it holds part {tp.part}")
-                if not put(inbox, (p, tp, time.perf_counter() - t0)):
-                    return
-            put(inbox, _DONE)
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
-            errors.append(e)
-            stop.set()
-
-    def write_loop() -> None:
-        try:
-            while (item := get(outbox)) is not _DONE:
-                p, table, stats = item
-                t0 = time.perf_counter()
-                rel = f"{job.stage}/{part_name(p)}.parquet"
-                record = lake.put_atomic(rel, writer.parquet_bytes(table))
-                stats.write_s = time.perf_counter() - t0
-                files.append({**record, "part": p, "rows": table.num_rows})
-                total.add(stats)
-                log.info(
-                    "part %d: %d cells, %.2f cells/s (read %.1fs, compute %.1fs, write %.1fs)",
-                    p,
-                    stats.cells,
-                    stats.cells / stats.compute_s if stats.compute_s else 0.0,
-                    stats.read_s,
-                    stats.compute_s,
-                    stats.write_s,
-                )
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
-            errors.append(e)
-            stop.set()
-
-    reader_thread = threading.Thread(target=reader, name="sclake-embed-reader", daemon=True)
-    writer_thread = threading.Thread(target=write_loop, name="sclake-embed-writer", daemon=True)
-    reader_thread.start()
-    writer_thread.start()
+    flow = _Flow(job.options.prefetch)
+    reader_thread = flow.thread("sclake-embed-reader", _read_parts, flow, lake, job, parts)
+    writer_thread = flow.thread("sclake-embed-writer", _write_parts, flow, lake, job, files, total)
     finished = False
     over_cap = False
     try:
-        while (item := get(inbox)) is not _DONE:
+        while (item := flow.get(flow.inbox)) is not _DONE:
             p, tp, read_s = item
-            stats = PartStats(read_s=read_s)
-            cell_ids, obs, ids, offsets = _select(tp, None if keep is None else keep.get(p))
-            t0 = time.perf_counter()
-            emb = embedder.embed(ids, offsets, stats, on_batch=meter.advance if meter else None)
-            stats.compute_s = time.perf_counter() - t0
-            stats.cells = len(offsets) - 1
-            rows = None if keep is None else keep.get(p)
-            meta = {**job.metadata, "part": p, "rows_hash": rows_hash(rows)}
-            table = writer.embeddings_table(cell_ids, emb, obs, meta)
-            del tp, emb, ids
-            cap = job.options.memory_cap_bytes
-            if cap and not over_cap and _peak_rss() > cap:
-                over_cap = True
-                log.warning(
-                    "peak RSS %.2f GiB passed the profile's host memory cap %.2f GiB (part %d); "
-                    "lower the token budget or the part size",
-                    _peak_rss() / 2**30,
-                    cap / 2**30,
-                    p,
-                )
-            if not put(outbox, (p, table, stats)):
+            table, stats = _embed_part(embedder, job, tp, None if keep is None else keep.get(p), read_s, meter)
+            del tp
+            if not over_cap:
+                over_cap = _warn_over_cap(job.options.memory_cap_bytes, p)
+            if not flow.put(flow.outbox, (p, table, stats)):
                 break
-        finished = not stop.is_set()
+        finished = not flow.stop.is_set()
     finally:
         if finished:
-            put(outbox, _DONE)  # the writer finishes what is queued, then stops
+            flow.put(flow.outbox, _DONE)  # the writer finishes what is queued, then stops
             writer_thread.join()
-        stop.set()
+        flow.stop.set()
         reader_thread.join(timeout=60)
         writer_thread.join(timeout=60)
-    if errors:
-        raise errors[0]
+    if flow.errors:
+        raise flow.errors[0]
     if meter is not None:
         meter.finish()
     return {
@@ -390,3 +314,115 @@ def run_parts(
         "device": str(embedder.device),
         "pid": os.getpid(),
     }
+
+
+class _Flow:
+    """The queues between the reader thread, the computing thread and the writer thread of one run.
+
+    An error in a thread is kept for the computing thread to raise and stops the run:
+    every ``put``/``get`` gives up once ``stop`` is set.
+    """
+
+    def __init__(self, prefetch: int) -> None:
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.inbox: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        self.outbox: queue.Queue = queue.Queue(maxsize=1)
+
+    def put(self, q: queue.Queue, item: Any) -> bool:
+        """Put unless the run is stopping; ``False`` when it is."""
+        while not self.stop.is_set():
+            with contextlib.suppress(queue.Full):
+                q.put(item, timeout=0.2)
+                return True
+        return False
+
+    def get(self, q: queue.Queue) -> Any:
+        """The next item, or ``_DONE`` once the run is stopping."""
+        while not self.stop.is_set():
+            with contextlib.suppress(queue.Empty):
+                return q.get(timeout=0.2)
+        return _DONE
+
+    def thread(self, name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
+        """Start ``target(*args)`` in a daemon thread whose error stops the run."""
+
+        def body() -> None:
+            try:
+                target(*args)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
+                self.errors.append(e)
+                self.stop.set()
+
+        t = threading.Thread(target=body, name=name, daemon=True)
+        t.start()
+        return t
+
+
+def _read_parts(flow: _Flow, lake: Any, job: EmbedJob, parts: list[int]) -> None:
+    """Reader thread: the token parts, in order, into ``flow.inbox`` (then ``_DONE``)."""
+    from pipelines.embed.tokens import read_token_part
+    from pipelines.lake import part_name
+
+    for p in parts:
+        t0 = time.perf_counter()
+        tp = read_token_part(lake, f"{job.tokens_prefix}/{part_name(p)}.parquet")
+        if tp.part != p:
+            raise ValueError(f"token file of part {p} says it holds part {tp.part}")
+        if not flow.put(flow.inbox, (p, tp, time.perf_counter() - t0)):
+            return
+    flow.put(flow.inbox, _DONE)
+
+
+def _embed_part(
+    embedder: Embedder, job: EmbedJob, tp: TokenPart, rows: np.ndarray | None, read_s: float, meter: Any
+) -> tuple[Any, PartStats]:
+    """The embeddings table of the kept ``rows`` of one token part, and the part's counters."""
+    from pipelines.embed import writer
+
+    stats = PartStats(read_s=read_s)
+    cell_ids, obs, ids, offsets = _select(tp, rows)
+    t0 = time.perf_counter()
+    emb = embedder.embed(ids, offsets, stats, on_batch=meter.advance if meter else None)
+    stats.compute_s = time.perf_counter() - t0
+    stats.cells = len(offsets) - 1
+    meta = {**job.metadata, "part": tp.part, "rows_hash": rows_hash(rows)}
+    return writer.embeddings_table(cell_ids, emb, obs, meta), stats
+
+
+def _warn_over_cap(cap: int | None, part: int) -> bool:
+    """Whether the peak RSS passed the profile's host memory cap (then logged as a warning)."""
+    if not cap or _peak_rss() <= cap:
+        return False
+    log.warning(
+        "peak RSS %.2f GiB passed the profile's host memory cap %.2f GiB (part %d); "
+        "lower the token budget or the part size",
+        _peak_rss() / 2**30,
+        cap / 2**30,
+        part,
+    )
+    return True
+
+
+def _write_parts(flow: _Flow, lake: Any, job: EmbedJob, files: list[dict[str, Any]], total: PartStats) -> None:
+    """Writer thread: each finished part from ``flow.outbox`` to the staging folder, in one piece."""
+    from pipelines.embed import writer
+    from pipelines.lake import part_name
+
+    while (item := flow.get(flow.outbox)) is not _DONE:
+        p, table, stats = item
+        t0 = time.perf_counter()
+        rel = f"{job.stage}/{part_name(p)}.parquet"
+        record = lake.put_atomic(rel, writer.parquet_bytes(table))
+        stats.write_s = time.perf_counter() - t0
+        files.append({**record, "part": p, "rows": table.num_rows})
+        total.add(stats)
+        log.info(
+            "part %d: %d cells, %.2f cells/s (read %.1fs, compute %.1fs, write %.1fs)",
+            p,
+            stats.cells,
+            stats.cells / stats.compute_s if stats.compute_s else 0.0,
+            stats.read_s,
+            stats.compute_s,
+            stats.write_s,
+        )
