@@ -377,6 +377,16 @@ def test_cli_synthesize_and_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         (row,) = [line for line in result.stdout.splitlines() if f" {V1} " in line]
         assert [c.strip() for c in row.split("│")[1:-1]][:5] == [V1, "v1", "2", "32", "2048"]
 
+        result = runner.invoke(app, ["models", "info", V1])
+        assert result.exit_code == 0, result.output
+        info = json.loads(result.stdout)
+        assert info["model"] == V1 and info["architecture"]["width"] == 256  # the spec's
+        assert (info["on_disk"]["width"], info["on_disk"]["synthetic"]) == (32, True)  # what is on disk
+        assert info["manifest"]["seed"] == 3 and info["manifest"]["encoding-type"] == "sclake.model-manifest"
+        assert info["profile"]["cpu_precision"] in ("fp32", "bf16")
+        result = runner.invoke(app, ["models", "info", "gf-nope"])
+        assert result.exit_code == 2 and V1 in result.output
+
         result = runner.invoke(app, ["models", "check", V1])
         assert result.exit_code == 0 and "ok" in result.stdout
         result = runner.invoke(app, ["models", "check", V2])

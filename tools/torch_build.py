@@ -47,7 +47,9 @@ def cuda_packages(lock: Path = LOCK) -> list[str]:
             deps += group
         for dep in deps:
             users.setdefault(dep["name"], set()).add(p["name"])
-    cuda = {d["name"] for d in pkgs["torch"].get("dependencies", []) if "sys_platform == 'linux'" in d.get("marker", "")}
+    cuda = {
+        d["name"] for d in pkgs["torch"].get("dependencies", []) if "sys_platform == 'linux'" in d.get("marker", "")
+    }
     changed = True
     while changed:
         changed = False

@@ -98,6 +98,51 @@ def register(app: typer.Typer) -> None:
             )
         Console(width=140).print(table)
 
+    @models_app.command("info")
+    def info_cmd(
+        name: Annotated[str, typer.Argument(help="Model name (see `sclake models list`).")],
+    ) -> None:
+        """Print one model's metadata as JSON: architecture, files, manifest, resource profile."""
+        from dataclasses import asdict
+
+        from pipelines.models.loader import model_status
+        from pipelines.models.manifest import read_manifest
+        from pipelines.models.registry import MODELS, model_files
+        from pipelines.profiles import get_profile
+        from pipelines.settings import get_settings
+
+        if name not in MODELS:
+            raise typer.BadParameter(f"{name!r} is not one of {', '.join(MODELS)}", param_hint="NAME")
+        settings = get_settings()
+        spec = MODELS[name]
+        status = model_status(settings, name)
+        files = model_files(settings, name)
+        manifest = read_manifest(files) if files.manifest.is_file() else None
+        profile = get_profile(name)
+        info = {
+            "model": name,
+            "version": spec.version,
+            "architecture": {
+                "layers": spec.num_layers,
+                "width": spec.hidden_size,
+                "heads": spec.num_heads,
+                "intermediate_size": spec.intermediate_size,
+                "input_size": spec.max_positions,
+                "vocab_size": spec.vocab_size,
+            },
+            "on_disk": {
+                **{k: v for k, v in asdict(status).items() if k not in ("name", "version")},
+                "model_dir": str(status.model_dir),
+            },
+            "manifest": manifest,
+            "profile": {
+                "cpu_precision": profile.precision.cpu,
+                "device_class": profile.device_class,
+                "container": {"cpus": profile.container.cpus, "memory": int(profile.container.memory)},
+            },
+        }
+        typer.echo(json.dumps(info, indent=2, default=str))
+
     @models_app.command("check")
     def check_cmd(
         name: Annotated[str, typer.Argument(help="Model name.")],

@@ -14,7 +14,6 @@ from pipelines.logs import get_logger
 log = get_logger(__name__)
 
 
-
 def write_cells(lake: Lake, dataset_id: str) -> str:
     """Publish the obs Parquet of a dataset from its Zarr store; returns its lake path.
 
