@@ -97,11 +97,7 @@ def _staged(
 ) -> dict[int, dict[str, Any]]:
     """Parts already in the staging folder that were made the same way and hold the expected rows."""
     done = {}
-    for rel in lake.staged_parts(stage):
-        found = writer.read_metadata(lake, rel)
-        if found is None:
-            continue
-        meta, n = found
+    for rel, meta, n in writer.staged_metadata(lake, stage, "embeddings"):
         try:
             part = int(meta["part"])
         except (KeyError, ValueError):

@@ -21,9 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines import formats
 from pipelines.embed import writer
 from pipelines.embed.tokenizer import TOKENIZER_VERSION, GenePlan, Tokens, Vocabulary, plan_genes, rank_value_encode
-from pipelines.errors import InputError, LakeError
+from pipelines.errors import InputError
 from pipelines.lake import PATHS, Lake, part_name
 from pipelines.logs import Progress, get_logger
 
@@ -128,8 +129,7 @@ def read_token_part(lake: Lake, rel: str) -> TokenPart:
     with lake.open(rel, "rb") as f:
         table = pq.read_table(f)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    if meta.get("encoding-type") != writer.encoding("tokens")["encoding-type"]:
-        raise LakeError(f"{lake.url(rel)!r} is not a sclake token part (encoding-type {meta.get('encoding-type')!r})")
+    formats.check("tokens", meta, repr(lake.url(rel)))
     ids_col = table.column("input_ids").combine_chunks()
     offsets = np.asarray(ids_col.offsets, dtype=np.int64)
     ids = np.asarray(ids_col.values, dtype=np.int32)
@@ -147,12 +147,8 @@ def read_token_part(lake: Lake, rel: str) -> TokenPart:
 
 def _staged_ok(lake: Lake, stage: str, vocab_hash: str) -> dict[int, dict[str, Any]]:
     done = {}
-    for rel in lake.staged_parts(stage):
-        found = writer.read_metadata(lake, rel)
-        if found is None:
-            continue
-        meta, rows = found
-        if meta.get("vocab_hash") == vocab_hash and meta.get("encoding-type") == "sclake.tokens":
+    for rel, meta, rows in writer.staged_metadata(lake, stage, "tokens"):
+        if meta.get("vocab_hash") == vocab_hash:
             done[int(meta["part"])] = {"path": rel, "cells": rows}
     return done
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Iterator
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines import formats
 from pipelines.errors import ConfigError, LakeError
 from pipelines.logs import get_logger
 
@@ -61,9 +63,9 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 def encoding(name: str) -> dict[str, str]:
-    """The ``encoding-type``/``encoding-version`` pair of schema ``name``."""
-    s = load_schema(name)
-    return {"encoding-type": s["encoding-type"], "encoding-version": s["encoding-version"]}
+    """The ``encoding-type``/``encoding-version`` pair of format ``name`` (:mod:`pipelines.formats`;
+    ``tests/test_formats.py`` checks that the schema files declare the same)."""
+    return formats.encoding(name)
 
 
 def package_version(name: str) -> str:
@@ -166,6 +168,21 @@ def parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression=load_schema("embeddings")["compression"], use_dictionary=strings)
     return buf.getvalue()
+
+
+def staged_metadata(lake: Lake, stage: str, name: str) -> Iterator[tuple[str, dict[str, str], int]]:
+    """``(path, metadata, rows)`` of each readable part of format ``name`` in a staging folder
+    (parts of another format or version, or cut short, are left out: they are written again)."""
+    for rel in lake.staged_parts(stage):
+        found = read_metadata(lake, rel)
+        if found is None:
+            continue
+        meta, rows = found
+        try:
+            formats.check(name, meta, rel)
+        except formats.FormatError:
+            continue
+        yield rel, meta, rows
 
 
 def read_metadata(lake: Lake, rel: str) -> tuple[dict[str, str], int] | None:

@@ -148,8 +148,8 @@ def prometheus_service(settings: Settings, jobs: set[str]) -> Service:
             f"--config.file={config}",
             f"--storage.tsdb.path={root / 'data'}",
             "--storage.tsdb.retention.time=15d",
+            # no --web.enable-lifecycle: whoever reaches the port could stop Prometheus (/-/quit)
             f"--web.listen-address={_addr(settings, settings.stack_prometheus_port)}",
-            "--web.enable-lifecycle",
         ],
         host=settings.stack_host,
         port=settings.stack_prometheus_port,
