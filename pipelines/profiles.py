@@ -27,12 +27,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from pipelines import formats
 from pipelines.errors import ConfigError
 
 PROFILES_FILE = Path(__file__).with_name("config") / "profiles.yaml"
 PROFILES_ENV = "SCLAKE_PROFILES"  # path of a site's own profiles file, replacing the packaged one
-ENCODING_TYPE = "sclake.resource-profiles"
-ENCODING_VERSION = "1"
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICE_KINDS = ("cpu", "gpu")
 
@@ -263,12 +262,9 @@ def parse_profiles(text: str, source: str = "<profiles>") -> dict[str, Profile]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {e}") from e
-    if not isinstance(data, dict) or data.get("encoding-type") != ENCODING_TYPE:
-        raise ConfigError(f"{source}: encoding-type {ENCODING_TYPE!r} expected")
-    if str(data.get("encoding-version")) != ENCODING_VERSION:
-        raise ConfigError(
-            f"{source}: encoding-version {data.get('encoding-version')!r}; this sclake reads {ENCODING_VERSION!r}"
-        )
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: not a mapping of settings")
+    formats.check("resource-profiles", data, str(source), error=ConfigError)
     raw: dict[str, Any] = data.get("profiles") or {}
     unknown = sorted(set(raw) - set(MODELS))
     if unknown:
