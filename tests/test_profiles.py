@@ -126,7 +126,7 @@ def test_profiles_file_is_validated(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"profile 'gf-6L-10M-i2048' is invalid: precision.cuda: .* \(got 'int8'\)$"):
         parse_profiles(_edited(bad_precision))
-    with pytest.raises(ConfigError, match=r"encoding-version '2'"):
+    with pytest.raises(ConfigError, match=r"sclake.resource-profiles version '2'; this sclake reads version\(s\) 1"):
         parse_profiles(_edited(lambda d: d.update({"encoding-version": "2"})))
     # a profiles file elsewhere is read the same way
     other = tmp_path / "profiles.yaml"
