@@ -5,14 +5,16 @@ Public API::
     ingest(settings, uri, *, client=None) -> IngestResult
     inspect_source(url, storage_options=None) -> SourceSpec
 
-Modules: ``raw`` (upload identity, raw copy), ``source`` (reading the h5ad), ``writer``
+Modules: ``raw`` (upload identity, raw copy), ``source`` (reading the h5ad), ``store`` (the
+Zarr store: plan, Dask conversion, publish), ``cells`` (the obs table), ``writer``
 (one Zarr part), ``convert`` (the Dask tasks), ``run`` (the step). The format is read
 back with :mod:`pipelines.dataset`; it is specified in ``docs/ingest.md``.
 """
 
 from typing import Any
 
-from pipelines.ingest.run import IngestResult, ingest, plan_parts
+from pipelines.ingest.run import IngestResult, ingest
+from pipelines.ingest.store import plan_parts
 
 __all__ = ["IngestResult", "SourceSpec", "ingest", "inspect_source", "plan_parts"]
 
