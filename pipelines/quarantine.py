@@ -100,6 +100,35 @@ def _drop_products(lake: Lake, dataset_id: str) -> None:
         lake.rm(PATHS.staging(final), recursive=True)
 
 
+def _copy_verified(
+    lake: Lake, dataset_id: str, dest: str, source_rel: str | None, local_file: str | Path | None
+) -> str:
+    """Copy the original bytes to ``dest`` (unless they are there already) and verify the copy;
+    returns their SHA-256."""
+    candidates = [s for s in dict.fromkeys((source_rel, PATHS.raw(dataset_id))) if s]
+    present = [s for s in candidates if lake.exists(s)]
+    if present:
+        sha = lake.sha256(present[0])
+        if not (lake.exists(dest) and lake.sha256(dest) == sha):
+            lake.copy(present[0], dest)
+    elif local_file is not None and Path(local_file).is_file():
+        sha = _local_sha256(Path(local_file))
+        if not (lake.exists(dest) and lake.sha256(dest) == sha):
+            lake.put(local_file, dest)
+    elif lake.exists(dest):  # a rerun after the originals were already removed
+        sha = lake.sha256(dest)
+    else:
+        where = f" nor {str(local_file)!r}" if local_file else ""
+        raise LakeError(
+            f"cannot quarantine dataset {dataset_id!r}: none of {candidates!r} exists in {lake.uri!r}{where}"
+        )
+    copied = lake.sha256(dest)
+    if copied != sha:
+        lake.rm(dest)
+        raise LakeError(f"quarantine copy {lake.url(dest)!r} has SHA-256 {copied[:16]}…, the original {sha[:16]}…")
+    return sha
+
+
 def quarantine(
     settings: Settings,
     dataset_id: str,
@@ -153,27 +182,7 @@ def quarantine(
     if name == REASON_FILE:
         name = f"{dataset_id}-{name}"
     dest = lake_key(f"{PATHS.quarantine(dataset_id)}/{name}", PATHS.quarantine(dataset_id))
-    candidates = [s for s in dict.fromkeys((source_rel, PATHS.raw(dataset_id))) if s]
-    present = [s for s in candidates if lake.exists(s)]
-    if present:
-        sha = lake.sha256(present[0])
-        if not (lake.exists(dest) and lake.sha256(dest) == sha):
-            lake.copy(present[0], dest)
-    elif local_file is not None and Path(local_file).is_file():
-        sha = _local_sha256(Path(local_file))
-        if not (lake.exists(dest) and lake.sha256(dest) == sha):
-            lake.put(local_file, dest)
-    elif lake.exists(dest):  # a rerun after the originals were already removed
-        sha = lake.sha256(dest)
-    else:
-        where = f" nor {str(local_file)!r}" if local_file else ""
-        raise LakeError(
-            f"cannot quarantine dataset {dataset_id!r}: none of {candidates!r} exists in {lake.uri!r}{where}"
-        )
-    copied = lake.sha256(dest)
-    if copied != sha:
-        lake.rm(dest)
-        raise LakeError(f"quarantine copy {lake.url(dest)!r} has SHA-256 {copied[:16]}…, the original {sha[:16]}…")
+    sha = _copy_verified(lake, dataset_id, dest, source_rel, local_file)
     if not sha.startswith(dataset_id):
         log.warning("quarantined file %s has SHA-256 %s…, not dataset id %s", dest, sha[:16], dataset_id)
     code = reason.get("code") or "invalid_input"

@@ -65,6 +65,21 @@ def fingerprint(manifest: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+def _artifact_files(
+    lake: Lake, dataset_id: str, model: str, output_checks: Any, manifest: dict[str, Any], facts: dict[str, Any]
+) -> dict[str, bytes]:
+    """The embedding run's artifacts besides the QC plot: both validations, the Parquet
+    manifest and the model's file facts."""
+    files = {f"validation/dataset/{k}": v for k, v in record.validation_files(lake, dataset_id).items()}
+    output_files = record.validation_files(lake, dataset_id, model)
+    files.update({f"validation/embeddings/{k}": v for k, v in output_files.items()})
+    if output_checks and "validation/embeddings/validation.json" not in files:
+        files["validation/embeddings/validation.json"] = json.dumps(output_checks, indent=2, default=str).encode()
+    files["embeddings_manifest.json"] = json.dumps(manifest, indent=2, default=str).encode()
+    files["model_files.json"] = json.dumps(facts, indent=2, default=str).encode()
+    return files
+
+
 def log_embedding_run(
     settings: Settings,
     dataset_id: str,
@@ -155,13 +170,7 @@ def log_embedding_run(
             schema=schema,
             context="embedding",
         )
-        files = {f"validation/dataset/{k}": v for k, v in record.validation_files(lake, dataset_id).items()}
-        output_files = record.validation_files(lake, dataset_id, model)
-        files.update({f"validation/embeddings/{k}": v for k, v in output_files.items()})
-        if output_checks and "validation/embeddings/validation.json" not in files:
-            files["validation/embeddings/validation.json"] = json.dumps(output_checks, indent=2, default=str).encode()
-        files["embeddings_manifest.json"] = json.dumps(manifest, indent=2, default=str).encode()
-        files["model_files.json"] = json.dumps(facts, indent=2, default=str).encode()
+        files = _artifact_files(lake, dataset_id, model, output_checks, manifest, facts)
         if qc_plot:
             plot = write_qc_plot(settings, dataset_id, model, lake=lake, synthetic=bool(facts.get("synthetic")))
             files[f"qc/{model}.png"] = plot.png
