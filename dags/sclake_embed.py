@@ -1,7 +1,8 @@
 """sclake embeddings: scheduled on the datasets asset, and every few minutes to catch up; for
 every configured model, embed each new dataset → validate the outputs → record lineage in MLflow.
 
-Wiring only: every task calls one step of `pipelines.orchestration.steps`. Embedding tasks
+Wiring only: every task is one step of `pipelines.orchestration.steps` (`dagkit.step_task`
+for the embedding itself, in the Airflow worker or in the worker image by execution mode). Embedding tasks
 run in the Airflow pool and queue of the model's resource profile (a GPU pool sized to the
 GPUs present), so GPU work never oversubscribes. Outputs are idempotent by dataset id: a
 dataset whose embeddings are already published is not embedded again.
@@ -26,13 +27,10 @@ from pipelines.orchestration.dagkit import (
     DEFAULT_ARGS,
     as_manifest,
     configured_models,
-    container_step,
-    execution_mode,
     map_index_from,
-    mapped_item,
     profile_for,
     run_step,
-    step_command,
+    step_task,
     task_settings,
 )
 
@@ -71,24 +69,19 @@ def model_group(model: str) -> None:
     """pending → per dataset: embed → validate outputs → lineage."""
     profile = profile_for(model)
     pool = {"pool": profile.airflow_pool, "queue": profile.airflow_queue} if profile else {}
-    group = _group_id(model)
+    datasets = pending.override(task_id="pending")(model)
     # Mapped task instances are named by their dataset id (not 0, 1, 2 ...).
-    named = {"map_index_template": map_index_from(f"{group}.pending")}
-
-    @task(task_id="embed", **pool, **named)
-    def embed(dataset_id: str) -> dict[str, Any]:
-        return run_step("embed", dataset_id=dataset_id, model=model)
+    named = {"map_index_template": map_index_from(datasets)}
 
     @task_group(group_id="dataset")
     def per_dataset(dataset_id: str) -> None:
-        if execution_mode() == "local":
-            out = embed(dataset_id)
-        else:
-            command = step_command("embed", dataset_id=mapped_item(f"{group}.pending"), model=model)
-            out = container_step("embed", command, model=model, **pool, **named).output
+        out = step_task(
+            "embed", dataset_id, items_from=datasets, task_id="embed", model=model, fixed={"model": model},
+            **pool, **named,
+        )  # fmt: skip
         lineage.override(**named)(out, validate_outputs.override(**named)(out))
 
-    per_dataset.expand(dataset_id=pending.override(task_id="pending")(model))
+    per_dataset.expand(dataset_id=datasets)
 
 
 def _group_id(model: str) -> str:

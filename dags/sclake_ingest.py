@@ -1,7 +1,8 @@
 """sclake ingestion: notice `.h5ad` uploads under `incoming/`, then for each file
 ingest → validate → publish an asset event that schedules the embedding DAG.
 
-Wiring only: every task calls one step of `pipelines.orchestration.steps`.
+Wiring only: every task is one step of `pipelines.orchestration.steps`
+(`dagkit.step_task`, in the Airflow worker or in the worker image by execution mode).
 - The sensor waits deferred in the triggerer (no worker slot) until uploads exist, and the
   DAG runs continuously with one active run, so a run starts only when there is work.
 - Ingestion retries with exponential backoff (a transient object-store error); a file that
@@ -26,25 +27,18 @@ from pipelines.orchestration.dagkit import (
     TRANSIENT_RETRIES,
     as_manifest,
     configured_models,
-    container_step,
-    execution_mode,
     map_index_from,
-    mapped_item,
     refusal_message,
-    run_step,
-    step_command,
-    upstream_manifest,
+    step_task,
 )
 from pipelines.orchestration.uploads import UploadsSensor
 from pipelines.outcomes import QUARANTINED, VALIDATED
 
 SENSOR_TIMEOUT_S = float(os.environ.get("SCLAKE_SENSOR_TIMEOUT_S", "3600"))
 SENSOR_POKE_S = float(os.environ.get("SCLAKE_SENSOR_POKE_S", "15"))
-# Mapped task instances are named by their upload's key (not 0, 1, 2 ...).
-UPLOAD_KEY = map_index_from("wait_for_uploads")
 
 
-@task(outlets=[DATASETS], map_index_template=UPLOAD_KEY)
+@task(outlets=[DATASETS])
 def publish(manifest: Any, outlet_events=None) -> dict[str, Any]:
     """Emit the dataset's asset event (the embedding DAG's schedule) when it passed validation.
 
@@ -60,16 +54,6 @@ def publish(manifest: Any, outlet_events=None) -> dict[str, Any]:
         raise AirflowSkipException(f"{m.get('key')}: already ingested as {m.get('dataset_id')}; nothing new")
     outlet_events[DATASETS].extra = {"dataset_id": m["dataset_id"], "key": m["key"]}
     return m
-
-
-@task(pool="sclake_ingest", map_index_template=UPLOAD_KEY, **TRANSIENT_RETRIES)
-def ingest(key: str) -> dict[str, Any]:
-    return run_step("ingest_upload", key=key)
-
-
-@task(pool="sclake_validate", map_index_template=UPLOAD_KEY)
-def validate(manifest: dict[str, Any]) -> dict[str, Any]:
-    return run_step("validate_upload", manifest=manifest)
 
 
 @dag(
@@ -90,36 +74,22 @@ def sclake_ingest() -> None:
         retries=2,
         retry_delay=timedelta(seconds=10),
     )
+    # Mapped task instances are named by their upload's key (not 0, 1, 2 ...).
+    named = {"map_index_template": map_index_from(uploads)}
+    # Container limits of ingestion and validation: the default model's resource profile.
+    model = configured_models()[0]
 
-    if execution_mode() == "local":
-
-        @task_group
-        def process_upload(key: str) -> None:
-            publish(validate(ingest(key)))
-
-    else:
-        # Container limits of ingestion and validation: the default model's resource profile.
-        model = configured_models()[0]
-
-        @task_group
-        def process_upload(key: str) -> None:
-            ing = container_step(
-                "ingest",
-                step_command("ingest_upload", key=mapped_item("wait_for_uploads")),
-                model=model,
-                pool="sclake_ingest",
-                map_index_template=UPLOAD_KEY,
-                **TRANSIENT_RETRIES,
-            )
-            val = container_step(
-                "validate",
-                step_command("validate_upload", manifest=upstream_manifest("process_upload.ingest")),
-                model=model,
-                pool="sclake_validate",
-                map_index_template=UPLOAD_KEY,
-            )
-            ing >> val
-            publish(val.output)
+    @task_group
+    def process_upload(key: str) -> None:
+        ingested = step_task(
+            "ingest_upload", key, items_from=uploads, task_id="ingest", model=model, pool="sclake_ingest",
+            **named, **TRANSIENT_RETRIES,
+        )  # fmt: skip
+        validated = step_task(
+            "validate_upload", ingested, items_from=uploads, task_id="validate", model=model, pool="sclake_validate",
+            **named,
+        )  # fmt: skip
+        publish.override(**named)(validated)
 
     process_upload.expand(key=uploads.output)
 

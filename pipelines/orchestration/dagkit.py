@@ -19,7 +19,7 @@ import os
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, XComArg, task
 
 from pipelines.outcomes import refusal_message
 
@@ -95,8 +95,10 @@ def upstream_manifest(task_id: str) -> str:
     return "{{ ti.xcom_pull(task_ids='" + task_id + "', map_indexes=ti.map_index) }}"
 
 
-def map_index_from(task_id: str) -> str:
-    """``map_index_template``: name a mapped task instance by element ``map_index`` of ``task_id``'s list."""
+def map_index_from(task: Any) -> str:
+    """``map_index_template``: name a mapped task instance by element ``map_index`` of the list
+    ``task`` (a task, its output, or its id) returned."""
+    task_id = task if isinstance(task, str) else _task_id(task)
     return "{{ ti.xcom_pull(task_ids='" + task_id + "')[ti.map_index] }}"
 
 
@@ -127,3 +129,68 @@ def container_step(
 
         return kubernetes_operator(task_id, command, profile=profile_for(model), **op_kwargs)
     raise ValueError(f"container steps need SCLAKE_EXECUTION_MODE docker or kubernetes, not {mode!r}")
+
+
+# The argument through which each step takes what its upstream gives it: the mapped item (an
+# upload key, a dataset id) or the previous step's manifest.
+STEP_INPUT = {"ingest_upload": "key", "validate_upload": "manifest", "embed": "dataset_id"}
+
+
+@task
+def _local_step(step: str, value: Any, fixed: dict[str, Any]) -> Any:
+    """A step in the Airflow worker's own environment (local mode)."""
+    name = STEP_INPUT[step]
+    return run_step(step, **{name: as_manifest(value) if name == "manifest" else value}, **fixed)
+
+
+def step_task(
+    step: str,
+    value: Any,
+    *,
+    items_from: Any,
+    task_id: str,
+    model: str | None = None,
+    fixed: dict[str, str] | None = None,
+    **task_kwargs: Any,
+) -> XComArg:
+    """Step ``step`` of :mod:`pipelines.orchestration.steps` as a task of the execution mode.
+
+    Parameters
+    ----------
+    value
+        What the step takes: the item of the mapped task group (an upload key, a dataset id),
+        or the output of the previous ``step_task`` (its manifest).
+    items_from
+        The task whose list the group is mapped over. Container steps read their item from
+        its XCom at their map index, and the previous step's manifest from that step's XCom
+        (:func:`mapped_item`, :func:`upstream_manifest`); the task ids come from the tasks
+        themselves, so the DAG files hold no task-id strings.
+    task_id, task_kwargs
+        The task's id in its group, pool, queue, retries, ``map_index_template``.
+    model
+        Whose resource profile sets a container's limits (container modes).
+    fixed
+        Further step arguments that are the same for every mapped task (e.g. the model).
+
+    Returns
+    -------
+    XComArg
+        The step's manifest, for the next ``step_task`` or a TaskFlow task (which reads it
+        with :func:`as_manifest`).
+    """
+    fixed = dict(fixed or {})
+    if execution_mode() == "local":
+        return _local_step.override(task_id=task_id, **task_kwargs)(step, value, fixed)
+    upstream = value.operator if isinstance(value, XComArg) else None
+    if upstream is not None:  # the previous step: its manifest at this map index
+        command = step_command(step, manifest=upstream_manifest(upstream.task_id), **fixed)
+    else:  # the group's item
+        command = step_command(step, **{STEP_INPUT[step]: mapped_item(_task_id(items_from))}, **fixed)
+    op = container_step(task_id, command, model=model, **task_kwargs)
+    if upstream is not None:
+        upstream >> op
+    return op.output
+
+
+def _task_id(task_or_output: Any) -> str:
+    return task_or_output.operator.task_id if isinstance(task_or_output, XComArg) else task_or_output.task_id
