@@ -82,7 +82,7 @@ def count_rows(settings, dataset_id: str, model: str) -> int:
     """Rows of the dataset's embeddings, counted by DuckDB through the S3 API."""
     from pipelines.query import connect
 
-    con = connect(settings, materialize_cells=False)
+    con = connect(settings)
     sql = f"SELECT count(*) FROM embeddings WHERE dataset_id = '{dataset_id}' AND model = '{model}'"
     return int(con.sql(sql).fetchone()[0])
 
