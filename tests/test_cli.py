@@ -55,7 +55,8 @@ def test_unknown_command_is_a_usage_error_listing_the_commands(cli) -> None:
 
 
 def test_unknown_subcommand_lists_the_group_commands(cli) -> None:
-    assert_usage_error(cli("models", "bogus"), "sclake models", "No such command 'bogus'", "synthesize, list, info, check")
+    commands = "synthesize, list, info, check"
+    assert_usage_error(cli("models", "bogus"), "sclake models", "No such command 'bogus'", commands)
 
 
 def test_bad_choice_shows_usage_and_choices(cli) -> None:
