@@ -1,8 +1,9 @@
 """Resource profiles: how much of which machine each model needs (``pipelines/config/profiles.yaml``).
 
 One profile per model. The embedding engine takes its device, precision and batch size
-from the profile (:meth:`Profile.compute_for`, which reads what this machine's torch
-supports through :func:`resolve_device` and :func:`bf16_supported`), Dask its
+from the profile (:meth:`Profile.compute_for`, which reads what this machine supports
+through :func:`resolve_device` and :func:`bf16_support`: on CPU, the flags the kernel
+reports in ``/proc/cpuinfo``), Dask its
 resource tags and memory cap, Airflow its pool and queue, and the worker containers their
 limits, so that a model's needs are written down once.
 
@@ -11,6 +12,8 @@ Example
 >>> p = get_profile("gf-6L-10M-i2048")
 >>> p.precision_for("cuda:0", bf16_supported=False)
 'fp16'
+>>> p.precision_for("cpu", bf16_supported=cpu_bf16_support({"avx2", "avx512_bf16"}).supported)
+'bf16'
 >>> p.token_budget_for("cpu") // p.input_size  # cells per batch on a CPU
 8
 """
@@ -81,16 +84,79 @@ def resolve_device(device: str | None) -> str:
     return d
 
 
-def bf16_supported(device: str) -> bool:
-    """Whether ``device`` computes in bfloat16 at full speed (CUDA: Ampere or later; CPU: AVX512-BF16/AMX)."""
+CPUINFO = Path("/proc/cpuinfo")
+# x86 flags (as /proc/cpuinfo names them) of instructions that compute bf16 matrix products in
+# hardware: AVX512-BF16 (Cooper Lake, Zen 4 and later) and AMX-BF16 (Sapphire Rapids and later).
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class Bf16Support:
+    """Whether a device computes bf16 in hardware, and what says so (or why not), in words."""
+
+    supported: bool
+    reason: str
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str] | None:
+    """The CPU's feature flags from the ``flags`` lines of ``/proc/cpuinfo`` (or of the text ``cpuinfo``).
+
+    ``None`` where ``/proc/cpuinfo`` cannot be read (not Linux).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text()
+        except OSError:
+            return None
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return frozenset(flags)
+
+
+def cpu_bf16_support(flags: frozenset[str] | set[str] | None = None) -> Bf16Support:
+    """bf16 on this CPU, decided from its flags (``flags``: given, else read by :func:`cpu_flags`).
+
+    Without bf16 instructions torch still computes bf16, but by converting to fp32 in
+    software: many times slower than fp32 itself, so bf16 is then neither the default
+    nor allowed. Where ``/proc/cpuinfo`` is unreadable, torch's own oneDNN check decides.
+    """
+    if flags is None:
+        flags = cpu_flags()
+    if flags is None:
+        import torch
+
+        try:
+            onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            onednn = False
+        return Bf16Support(onednn, f"no /proc/cpuinfo; torch's oneDNN {'reports' if onednn else 'lacks'} bf16")
+    present = [f for f in CPU_BF16_FLAGS if f in flags]
+    if present:
+        return Bf16Support(True, f"CPU flags {', '.join(present)}")
+    return Bf16Support(
+        False,
+        f"this CPU has no bf16 hardware (/proc/cpuinfo lists neither {' nor '.join(CPU_BF16_FLAGS)}; "
+        "torch would emulate bf16, many times slower than fp32)",
+    )
+
+
+def bf16_support(device: str, *, flags: frozenset[str] | set[str] | None = None) -> Bf16Support:
+    """Whether ``device`` computes in bfloat16 at full speed (CUDA: Ampere or later; CPU: :func:`cpu_bf16_support`)."""
+    if device_kind(device) == "cpu":
+        return cpu_bf16_support(flags)
     import torch
 
-    if device.startswith("cuda"):
-        return bool(torch.cuda.is_bf16_supported())
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    if torch.cuda.is_bf16_supported():
+        return Bf16Support(True, f"{torch.cuda.get_device_name(device)} computes bf16")
+    return Bf16Support(False, "this GPU has no bf16 (compute capability below 8.0)")
+
+
+def bf16_supported(device: str, *, flags: frozenset[str] | set[str] | None = None) -> bool:
+    """:func:`bf16_support` as a bool."""
+    return bf16_support(device, flags=flags).supported
 
 
 @dataclass(frozen=True)
@@ -185,12 +251,15 @@ class Profile(_Strict):
     def precision_for(self, device: str, *, bf16_supported: bool) -> Precision:
         """Default precision on ``device``: bf16 on GPUs that support it, fp16 on older GPUs, the cpu rule on CPU.
 
+        The cpu rule (``precision.cpu``, bf16 in the packaged profiles) falls back to fp32 on a
+        CPU without bf16 hardware.
+
         Parameters
         ----------
         device : str
             ``cpu``, ``cuda``, ``cuda:<i>`` (or ``gpu``).
         bf16_supported : bool
-            Whether the device computes in bfloat16 (``torch.cuda.is_bf16_supported()`` on CUDA).
+            Whether the device computes in bfloat16 (:func:`bf16_support`).
         """
         if device_kind(device) == "gpu":
             return self.precision.cuda_bf16 if bf16_supported else self.precision.cuda
@@ -204,14 +273,21 @@ class Profile(_Strict):
             return ("bf16", "fp16", "fp32") if bf16_supported else ("fp16", "fp32")
         return tuple(p for p in self.precision.cpu_allowed if p != "bf16" or bf16_supported)
 
-    def resolve_precision(self, device: str, requested: str | None, *, bf16_supported: bool) -> Precision:
-        """``requested`` if the device allows it, else :class:`ConfigError`; ``None`` gives the default."""
+    def resolve_precision(
+        self, device: str, requested: str | None, *, bf16_supported: bool, why_not_bf16: str = ""
+    ) -> Precision:
+        """``requested`` if the device allows it, else :class:`ConfigError`; ``None`` gives the default.
+
+        ``why_not_bf16`` (the reason of :func:`bf16_support`) goes into the message that refuses
+        bf16 on a device without it.
+        """
         if requested is None:
             return self.precision_for(device, bf16_supported=bf16_supported)
         allowed = self.allowed_precisions(device, bf16_supported=bf16_supported)
         if requested not in allowed:
+            why = f": {why_not_bf16}" if requested == "bf16" and why_not_bf16 else ""
             raise ConfigError(
-                f"precision {requested!r} is not available for {self.name} on {device!r}; allowed: {list(allowed)}"
+                f"precision {requested!r} is not available for {self.name} on {device!r}{why}; allowed: {list(allowed)}"
             )
         return requested  # type: ignore[return-value]
 
@@ -221,10 +297,13 @@ class Profile(_Strict):
         """Resolve a run's device (:func:`resolve_device`), precision and token budget on this machine.
 
         ``precision`` and ``token_budget`` default to the profile's for the device; the
-        default precision is bf16 only where :func:`bf16_supported` says so.
+        default precision is bf16 only where :func:`bf16_support` says the device has it
+        (on CPU: from the flags in ``/proc/cpuinfo``), and asking for bf16 elsewhere is refused
+        with the reason.
         """
         dev = resolve_device(device)
-        prec = self.resolve_precision(dev, precision, bf16_supported=bf16_supported(dev))
+        bf16 = bf16_support(dev)
+        prec = self.resolve_precision(dev, precision, bf16_supported=bf16.supported, why_not_bf16=bf16.reason)
         return Compute(dev, prec, int(token_budget or self.token_budget_for(dev)))
 
     def token_budget_for(self, device: str) -> int:

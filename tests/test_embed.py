@@ -21,6 +21,7 @@ from pipelines.errors import ConfigError
 from pipelines.ingest import plan_parts
 from pipelines.lake import PATHS, Lake, part_name
 from pipelines.models import model_files, synthesize
+from pipelines.profiles import bf16_support, bf16_supported
 from pipelines.settings import Settings
 
 N_CELLS = 140
@@ -107,7 +108,7 @@ def fresh(settings: Settings, dataset_id: str, model: str) -> None:
 
 def test_embeddings_match_helical_fp32(lake_settings, dataset_id, tiny_model, adata, helical_embeddings):
     fresh(lake_settings, dataset_id, tiny_model)
-    result = embed_dataset(lake_settings, dataset_id, tiny_model, device="cpu")
+    result = embed_dataset(lake_settings, dataset_id, tiny_model, device="cpu", precision="fp32")
     assert result.precision == "fp32" and result.device == "cpu"
     assert result.rows == N_CELLS and result.parts == 3 and result.width == 32
     assert [f["rows"] for f in result.files] == [46, 47, 47]
@@ -117,7 +118,7 @@ def test_embeddings_match_helical_fp32(lake_settings, dataset_id, tiny_model, ad
     assert ids == list(adata.obs_names)  # same cells, same count, row order kept
     cos = cosine(emb, helical_embeddings)
     assert cos.min() >= 0.9999, cos.min()
-    again = embed_dataset(lake_settings, dataset_id, tiny_model)
+    again = embed_dataset(lake_settings, dataset_id, tiny_model, precision="fp32")
     assert again.reused and again.rows == N_CELLS
 
 
@@ -135,6 +136,32 @@ def test_bf16_embeddings_match_helical(lake_settings, dataset_id, tiny_model, he
         out.append(embedder.embed(tp.tokens.ids, tp.tokens.offsets))
     cos = cosine(np.concatenate(out), helical_embeddings)
     assert cos.min() >= 0.99, cos.min()
+
+
+CPU_BF16 = bf16_support("cpu")
+
+
+@pytest.mark.skipif(not CPU_BF16.supported, reason=CPU_BF16.reason)
+def test_bf16_on_a_cpu_with_bf16_hardware(lake_settings, dataset_id, tiny_model):
+    """The whole step in bf16 (the profile's CPU default here) against fp32: per-cell cosine >= 0.99."""
+    fresh(lake_settings, dataset_id, tiny_model)
+    fp32 = embed_dataset(lake_settings, dataset_id, tiny_model, device="cpu", precision="fp32")
+    _, ref = read_embeddings(lake_settings, dataset_id, tiny_model)
+    fresh(lake_settings, dataset_id, tiny_model)
+    bf16 = embed_dataset(lake_settings, dataset_id, tiny_model, device="cpu")
+    assert bf16.precision == "bf16" and bf16.rows == fp32.rows == N_CELLS
+    _, emb = read_embeddings(lake_settings, dataset_id, tiny_model)
+    assert cosine(emb, ref).min() >= 0.99, cosine(emb, ref).min()
+    assert np.abs(emb - ref).max() > 0  # computed in bf16 indeed, not fp32 again
+    fresh(lake_settings, dataset_id, tiny_model)
+
+
+@pytest.mark.skipif(CPU_BF16.supported, reason="this CPU has bf16 hardware: bf16 is allowed")
+def test_bf16_on_a_cpu_without_bf16_hardware_is_refused(lake_settings, dataset_id, tiny_model):
+    fresh(lake_settings, dataset_id, tiny_model)
+    with pytest.raises(ConfigError, match=r"precision 'bf16' .*neither avx512_bf16 nor amx_bf16.*allowed: \['fp32'\]"):
+        embed_dataset(lake_settings, dataset_id, tiny_model, device="cpu", precision="bf16")
+    assert not Lake(lake_settings).exists(PATHS.staging(PATHS.embeddings(tiny_model, dataset_id)))
 
 
 def test_v2_pooling_excludes_cls_and_eos_like_helical(lake_settings, adata, models_dir):
@@ -187,7 +214,7 @@ def test_parquet_is_readable_by_duckdb_with_hive_partitions(lake_settings, datas
 def test_keep_embeds_exactly_the_given_cells(lake_settings, dataset_id, tiny_model, adata, helical_embeddings):
     fresh(lake_settings, dataset_id, tiny_model)
     keep = {0: np.array([0, 5, 45]), 1: np.array([], dtype=np.int64), 2: np.arange(0, 12, 2)}
-    result = embed_dataset(lake_settings, dataset_id, tiny_model, keep=keep)
+    result = embed_dataset(lake_settings, dataset_id, tiny_model, precision="fp32", keep=keep)
     assert result.rows == 3 + 0 + 6 and [f["rows"] for f in result.files] == [3, 0, 6]
     ids, emb = read_embeddings(lake_settings, dataset_id, tiny_model)
     starts = [a for _, a, _ in plan_parts(N_CELLS, PART_CELLS)]
@@ -216,6 +243,7 @@ def test_resume_after_a_killed_run(lake_settings, dataset_id, tiny_model, helica
     lake = Lake(lake_settings)
     stage = Path(lake.path(PATHS.staging(PATHS.embeddings(tiny_model, dataset_id))))
     cmd = [sys.executable, "-c", "from pipelines.cli import run; run()", "embed", dataset_id, "-m", tiny_model]
+    cmd += ["--precision", "fp32"]
     # One cell per batch keeps the run slow enough to be killed between parts.
     proc = subprocess.Popen([*cmd, "--token-budget", "1"], env=_embed_cli_env(lake_settings), start_new_session=True)
     first = stage / f"{part_name(0)}.parquet"
@@ -227,7 +255,7 @@ def test_resume_after_a_killed_run(lake_settings, dataset_id, tiny_model, helica
     assert first.exists(), "the run ended before writing a part"
     assert not lake.is_published(PATHS.embeddings(tiny_model, dataset_id))
     kept = first.stat().st_mtime_ns
-    result = embed_dataset(lake_settings, dataset_id, tiny_model)
+    result = embed_dataset(lake_settings, dataset_id, tiny_model, precision="fp32")
     assert result.parts_resumed >= 1 and result.rows == N_CELLS
     final = Path(lake.path(PATHS.embedding_part(tiny_model, dataset_id, 0)))
     assert final.stat().st_mtime_ns == kept  # the staged part was kept, not recomputed
@@ -239,7 +267,7 @@ def test_resume_after_a_killed_run(lake_settings, dataset_id, tiny_model, helica
 
 def test_dask_cluster_gives_the_same_embeddings(lake_settings, dataset_id, tiny_model, helical_embeddings, client):
     fresh(lake_settings, dataset_id, tiny_model)
-    result = embed_dataset(lake_settings, dataset_id, tiny_model, client=client)
+    result = embed_dataset(lake_settings, dataset_id, tiny_model, precision="fp32", client=client)
     assert result.workers == 2 and result.rows == N_CELLS
     _, emb = read_embeddings(lake_settings, dataset_id, tiny_model)
     assert cosine(emb, helical_embeddings).min() >= 0.9999
@@ -267,6 +295,8 @@ def test_cli_embed_prints_json_and_refuses_bad_precision(lake_settings, dataset_
         assert main(["embed", dataset_id, "--model", tiny_model, "--device", "cpu", "--json"]) == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["rows"] == N_CELLS and summary["prefix"].endswith(f"dataset_id={dataset_id}")
+        # the profile's default: bf16 where this CPU has bf16 hardware, else fp32
+        assert summary["precision"] == ("bf16" if bf16_supported("cpu") else "fp32")
         fresh(lake_settings, dataset_id, tiny_model)
         assert main(["embed", dataset_id, "--model", tiny_model, "--precision", "fp8"]) == 1
         assert "precision 'fp8' is not available" in capsys.readouterr().err

@@ -12,7 +12,10 @@ from pipelines.models import MODELS, get_spec
 from pipelines.profiles import (
     PROFILES_FILE,
     Compute,
+    bf16_support,
     bf16_supported,
+    cpu_bf16_support,
+    cpu_flags,
     device_kind,
     get_profile,
     load_profiles,
@@ -53,7 +56,8 @@ def test_precision_rules() -> None:
     p = get_profile("gf-12L-38M-i4096")
     assert p.precision_for("cuda", bf16_supported=True) == "bf16"
     assert p.precision_for("cuda:1", bf16_supported=False) == "fp16"
-    assert p.precision_for("cpu", bf16_supported=True) == "fp32"
+    assert p.precision_for("cpu", bf16_supported=True) == "bf16"
+    assert p.precision_for("cpu", bf16_supported=False) == "fp32"
     assert p.allowed_precisions("cpu") == ("fp32", "bf16")
     assert p.allowed_precisions("cpu", bf16_supported=False) == ("fp32",)
     assert p.resolve_precision("cpu", "bf16", bf16_supported=True) == "bf16"
@@ -64,6 +68,64 @@ def test_precision_rules() -> None:
         p.resolve_precision("cpu", "fp16", bf16_supported=True)
     with pytest.raises(ConfigError, match=r"precision 'bf16' .* allowed: \['fp16', 'fp32'\]"):
         p.resolve_precision("cuda:0", "bf16", bf16_supported=False)
+
+
+ZEN3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse sse2 avx avx2 fma f16c\n"
+ZEN4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw avx512_vnni avx512_bf16\n"
+SAPPHIRE_RAPIDS = "flags\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\nflags\t: avx2 avx512_bf16 amx_bf16\n"
+
+
+def test_cpu_flags_decide_bf16() -> None:
+    assert cpu_flags(ZEN3) == {"fpu", "sse", "sse2", "avx", "avx2", "fma", "f16c"}
+    assert cpu_bf16_support(cpu_flags(ZEN4)) == cpu_bf16_support({"avx512_bf16"})
+    assert cpu_bf16_support(cpu_flags(ZEN4)).reason == "CPU flags avx512_bf16"
+    assert cpu_bf16_support(cpu_flags(SAPPHIRE_RAPIDS)).reason == "CPU flags avx512_bf16, amx_bf16"
+    assert cpu_bf16_support(cpu_flags(SAPPHIRE_RAPIDS)).supported
+    # AVX-512 alone (Skylake-X, Ice Lake) has no bf16 instructions
+    assert not cpu_bf16_support({"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}).supported
+    assert bf16_supported("cpu", flags={"amx_bf16"}) and not bf16_supported("cpu", flags=cpu_flags(ZEN3))
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "default", "allowed"), [(ZEN3, "fp32", ["fp32"]), (ZEN4, "bf16", ["fp32", "bf16"])]
+)
+def test_default_cpu_precision_from_the_cpu_flags(tmp_path, monkeypatch, cpuinfo, default, allowed) -> None:
+    """What the CPU reports decides the profile's precision on CPU: bf16 where it has bf16 hardware, else fp32."""
+    fake = tmp_path / "cpuinfo"
+    fake.write_text(cpuinfo)
+    monkeypatch.setattr("pipelines.profiles.CPUINFO", fake)
+    for name in ("gf-6L-10M-i2048", "gf-12L-38M-i4096"):
+        p = get_profile(name)
+        assert p.compute_for("cpu").precision == default
+        assert list(p.allowed_precisions("cpu", bf16_supported=bf16_supported("cpu"))) == allowed
+        assert p.compute_for("cpu", "fp32").precision == "fp32"
+
+
+def test_bf16_on_a_cpu_without_it_is_refused_with_the_missing_flags(tmp_path, monkeypatch) -> None:
+    fake = tmp_path / "cpuinfo"
+    fake.write_text(ZEN3)
+    monkeypatch.setattr("pipelines.profiles.CPUINFO", fake)
+    with pytest.raises(ConfigError) as e:
+        get_profile("gf-6L-10M-i2048").compute_for("cpu", "bf16")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg == (
+        "precision 'bf16' is not available for gf-6L-10M-i2048 on 'cpu': this CPU has no bf16 hardware "
+        "(/proc/cpuinfo lists neither avx512_bf16 nor amx_bf16; torch would emulate bf16, many times slower "
+        "than fp32); allowed: ['fp32']"
+    )
+    fake.write_text(ZEN4)
+    assert get_profile("gf-6L-10M-i2048").compute_for("cpu", "bf16").precision == "bf16"
+
+
+def test_unreadable_cpuinfo_leaves_the_decision_to_torch(tmp_path, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr("pipelines.profiles.CPUINFO", tmp_path / "absent")
+    assert cpu_flags() is None
+    support = bf16_support("cpu")
+    assert support.supported == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert support.reason.startswith("no /proc/cpuinfo; torch's oneDNN")
 
 
 def test_token_budget_and_batches() -> None:
