@@ -4,7 +4,10 @@
 processes, one thread each (the tasks are CPU-bound NumPy/codec work and HDF5 reads,
 which hold the GIL in places), each with a memory limit of
 ``SCLAKE_DASK_WORKER_MEMORY`` (the nanny restarts a worker that goes beyond it), no
-dashboard, quiet logs. Set: a ``Client`` connected to that scheduler.
+dashboard, quiet logs. Set (``sclake stack up`` sets it to the embedded stack's scheduler,
+:mod:`pipelines.stack.dask`): a ``Client`` connected to that scheduler, whose workers run
+with the same :data:`WORKER_CONFIG` and share nothing with the caller but the lake: every
+task gets its settings and URIs as arguments.
 
 Workers are forked from a fork server that has imported the task modules once. A step
 can start that server first thing (:func:`start_fork_server`), so that its imports run
@@ -34,7 +37,24 @@ INGEST_MODULES = ("h5py", "zarr", "anndata", "pipelines.ingest.convert")  # what
 # the conversion tasks, which allocate and free such buffers all the time, ran 35% slower with
 # it. The worker memory limit (the nanny) still bounds what a worker holds.
 WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": None}
+# How every sclake worker runs, local or in the embedded stack (pipelines.stack.dask): spilling to
+# disk would only hide a task that holds too much, so the nanny restarts it instead.
+WORKER_CONFIG = {
+    "distributed.worker.memory.target": False,
+    "distributed.worker.memory.spill": False,
+    "distributed.worker.memory.pause": 0.9,
+    "distributed.worker.memory.terminate": 0.98,
+    "distributed.admin.system-monitor.gil.enabled": False,
+    "distributed.worker.daemon": True,
+    "distributed.nanny.pre-spawn-environ": WORKER_ENVIRON,
+}
 QUIET_LOGGERS = ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny", "tornado")
+
+
+def worker_config_environ() -> dict[str, str]:
+    """:data:`WORKER_CONFIG` as ``DASK_*`` environment variables, for workers started as programs
+    (Dask reads each value with ``ast.literal_eval``, hence ``repr``)."""
+    return {"DASK_" + key.upper().replace(".", "__").replace("-", "_"): repr(v) for key, v in WORKER_CONFIG.items()}
 
 
 def _worker_log_level() -> int:
@@ -100,19 +120,7 @@ def dask_client(settings: Settings, *, preload: Sequence[str] = ()) -> Iterator[
         return
     _claim_mp_context()
     start_fork_server(settings, preload=preload)
-    # Spilling to disk would only hide a task that holds too much; the nanny restarts it instead.
-    with dask.config.set(
-        {
-            "distributed.worker.multiprocessing-method": "forkserver",
-            "distributed.worker.memory.target": False,
-            "distributed.worker.memory.spill": False,
-            "distributed.worker.memory.pause": 0.9,
-            "distributed.worker.memory.terminate": 0.98,
-            "distributed.admin.system-monitor.gil.enabled": False,
-            "distributed.worker.daemon": True,
-            "distributed.nanny.pre-spawn-environ": WORKER_ENVIRON,
-        }
-    ):
+    with dask.config.set({**WORKER_CONFIG, "distributed.worker.multiprocessing-method": "forkserver"}):
         with _spawnable_main():
             cluster = LocalCluster(
                 n_workers=settings.dask_workers,

@@ -45,7 +45,11 @@ class Settings(BaseSettings):
         default=None, description="MLflow tracking server; empty: a local store under `$SCLAKE_HOME/mlflow`."
     )
     dask_address: str | None = Field(
-        default=None, description="Dask scheduler address; empty: a LocalCluster of worker processes."
+        default=None,
+        description=(
+            "Dask scheduler address (`tcp://host:port`; `sclake stack up` sets it to the embedded scheduler's);"
+            " empty: a LocalCluster of worker processes per step."
+        ),
     )
     dask_workers: int = Field(default=2, ge=1, description="Worker processes of the LocalCluster.")
     dask_worker_memory: str = Field(
@@ -92,6 +96,22 @@ class Settings(BaseSettings):
     stack_node_exporter_port: int = Field(default=9100, description="Port of the embedded node-exporter.")
     stack_airflow_exporter_port: int = Field(
         default=9112, description="Port of the embedded Airflow exporter (task and DAG-run metrics for Prometheus)."
+    )
+    stack_dask_scheduler_port: int = Field(default=8786, description="Port of the embedded Dask scheduler.")
+    stack_dask_dashboard_port: int = Field(
+        default=8787, description="Port of the embedded Dask scheduler's dashboard and health endpoints."
+    )
+    stack_dask_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Worker processes of the embedded Dask cluster (one thread each); empty: one per core.",
+    )
+    stack_dask_worker_memory: str | None = Field(
+        default=None,
+        description=(
+            "Memory limit of each embedded Dask worker (e.g. `4GiB`); empty: half of the machine's memory shared"
+            " among the workers (the other half stays for Airflow, MLflow and the steps' own processes)."
+        ),
     )
     stack_only: str | None = Field(
         default=None, description="Comma-separated service names: start only these (e.g. `s3,mlflow`)."

@@ -25,7 +25,17 @@ def test_demo_runs_end_to_end(tmp_path: Path, models_dir: Path, tiny_model: str)
         SCLAKE_SENSOR_POKE_S="5",
         **{
             f"SCLAKE_STACK_{name}_PORT": str(free_port())
-            for name in ("S3", "MLFLOW", "AIRFLOW", "PROMETHEUS", "PUSHGATEWAY", "NODE_EXPORTER", "AIRFLOW_EXPORTER")
+            for name in (
+                "S3",
+                "MLFLOW",
+                "DASK_SCHEDULER",
+                "DASK_DASHBOARD",
+                "AIRFLOW",
+                "PROMETHEUS",
+                "PUSHGATEWAY",
+                "NODE_EXPORTER",
+                "AIRFLOW_EXPORTER",
+            )
         },
     )
     sclake = str(Path(sys.executable).with_name("sclake"))

@@ -26,6 +26,8 @@ def stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
         "SCLAKE_HOME": str(tmp_path / "home"),
         "SCLAKE_STACK_S3_PORT": str(free_port()),
         "SCLAKE_STACK_MLFLOW_PORT": str(free_port()),
+        "SCLAKE_STACK_DASK_SCHEDULER_PORT": str(free_port()),
+        "SCLAKE_STACK_DASK_DASHBOARD_PORT": str(free_port()),
         "SCLAKE_STACK_AIRFLOW_PORT": str(free_port()),
         "SCLAKE_STACK_PROMETHEUS_PORT": str(free_port()),
         "SCLAKE_STACK_PUSHGATEWAY_PORT": str(free_port()),

@@ -28,7 +28,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         SCLAKE_HOME=str(home),
         **{
             f"SCLAKE_STACK_{name}_PORT": str(free_port())
-            for name in ("S3", "MLFLOW", "AIRFLOW", "PROMETHEUS", "PUSHGATEWAY", "NODE_EXPORTER", "AIRFLOW_EXPORTER")
+            for name in (
+                "S3",
+                "MLFLOW",
+                "DASK_SCHEDULER",
+                "DASK_DASHBOARD",
+                "AIRFLOW",
+                "PROMETHEUS",
+                "PUSHGATEWAY",
+                "NODE_EXPORTER",
+                "AIRFLOW_EXPORTER",
+            )
         },
     )
     up = subprocess.run([SCLAKE, "stack", "up", "--json"], env=env, capture_output=True, text=True, timeout=900)

@@ -7,7 +7,8 @@ import json
 import typer
 
 stack_app = typer.Typer(
-    help="The embedded services (S3 server, MLflow, Airflow, Prometheus) under SCLAKE_HOME.", no_args_is_help=True
+    help="The embedded services (S3 server, MLflow, Dask, Airflow, Prometheus) under SCLAKE_HOME.",
+    no_args_is_help=True,
 )
 
 
@@ -15,9 +16,10 @@ def _print(rows, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps([r.__dict__ for r in rows], indent=2))
         return
+    width = max([28, *(len(r.url) for r in rows)])
     for r in rows:
         pid = f"pid {r.pid}" if r.pid else ""
-        typer.echo(f"{r.name:<18} {r.state:<14} {r.url:<28} {pid}")
+        typer.echo(f"{r.name:<18} {r.state:<14} {r.url:<{width}} {pid}")
 
 
 @stack_app.command("up")

@@ -50,13 +50,18 @@ class Service:
 
     ``argv[0]`` may be ``None`` when the binary is not installed: the service is then
     reported as unavailable (``optional`` services) or fails ``up`` with a clear message.
+    ``port`` is ``None`` for a service that listens on no fixed port (Dask workers);
+    ``link`` is the address shown for it when ``http://host:port`` is not the one to open;
+    ``health`` replaces the default check (``health_url``, else the port accepting connections).
     """
 
     name: str
     argv: list[str | None]
     host: str
-    port: int
+    port: int | None
     health_url: str | None = None
+    link: str | None = None
+    health: Callable[[], bool] | None = None
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     optional: bool = False
@@ -71,10 +76,14 @@ class Service:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self.link or f"http://{self.host}:{self.port}"
 
     def healthy(self) -> bool:
-        return http_ok(self.health_url) if self.health_url else port_open(self.host, self.port)
+        if self.health is not None:
+            return self.health()
+        if self.health_url:
+            return http_ok(self.health_url)
+        return self.port is not None and port_open(self.host, self.port)
 
 
 class ProcessManager:
@@ -141,7 +150,7 @@ class ProcessManager:
             raise ConfigError(
                 f"{svc.name} runs (pid {self.pid(svc.name)}) but is not healthy; see {self.log_file(svc.name)}"
             )
-        if port_open(svc.host, svc.port):
+        if svc.port is not None and port_open(svc.host, svc.port):
             raise ConfigError(
                 f"{svc.name}: port {svc.port} on {svc.host} is taken by another process; stop it or set "
                 f"SCLAKE_STACK_{svc.name.upper().replace('-', '_')}_PORT to a free port"

@@ -1,7 +1,8 @@
 """The embedded stack's services and its ``up`` / ``down`` / ``status`` operations.
 
 State lives under ``SCLAKE_HOME``: ``s3/`` (the folder the S3 server serves; bucket
-``lake`` is ``s3/lake``), ``mlflow/``, ``airflow/``, ``prometheus/``, ``run/`` (pid files),
+``lake`` is ``s3/lake``), ``mlflow/``, ``dask/`` (the workers' working folder),
+``airflow/``, ``prometheus/``, ``run/`` (pid files),
 ``logs/``, and ``stack.env``: the endpoints and the credentials generated on the first
 ``up`` (mode 0600), which ``load_settings`` reads so that every ``sclake`` command and
 the Airflow tasks find the stack without further configuration.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from pipelines.logs import get_logger
 from pipelines.settings import Settings, load_settings, stack_env_file
+from pipelines.stack.dask import dask_env, dask_notes, dask_services
 from pipelines.stack.process import ProcessManager, Service, venv_binary
 
 log = get_logger(__name__)
@@ -119,7 +121,8 @@ def mlflow_service(settings: Settings) -> Service:
 def stack_services(settings: Settings) -> list[Service]:
     """Every service of the embedded stack, in start order."""
     creds = stack_credentials(settings.home)
-    services = [s3_service(settings, creds), mlflow_service(settings)]
+    # Dask before Airflow: its tasks find SCLAKE_DASK_ADDRESS in stack.env from their first run.
+    services = [s3_service(settings, creds), mlflow_service(settings), *dask_services(settings)]
     for extra in _extra_service_builders():
         services.extend(extra(settings))
     if settings.stack_only:
@@ -157,6 +160,7 @@ def stack_env(settings: Settings, services: list[Service], started: set[str]) ->
         env["SCLAKE_MLFLOW_TRACKING_URI"] = by_name["mlflow"].url
     if "pushgateway" in started:
         env["SCLAKE_PUSHGATEWAY_URL"] = by_name["pushgateway"].url
+    env.update(dask_env(settings, started))
     return env
 
 
@@ -239,8 +243,9 @@ def status(settings: Settings | None = None) -> list[ServiceStatus]:
 
 
 def post_up_notes(settings: Settings) -> list[str]:
-    """Extra lines for ``stack up`` (e.g. Airflow's UI address and admin credentials)."""
-    notes = []
+    """Extra lines for ``stack up`` (e.g. the Dask dashboard, Airflow's UI address and admin credentials)."""
+    started = ProcessManager(settings.home).started()
+    notes = dask_notes(settings) if {s.name for s in dask_services(settings)} & started else []
     try:
         from pipelines.stack.monitoring import monitoring_notes
     except ImportError:
