@@ -1,8 +1,10 @@
 """sclake embeddings: scheduled on the datasets asset, and every few minutes to catch up; for
-every configured model, embed each new dataset → validate the outputs → record lineage in MLflow.
+every configured model, embed each new dataset → validate the outputs → record lineage in MLflow →
+annotate it with every champion annotator registered for the model (none: nothing to do).
 
 Wiring only: every task is one step of `pipelines.orchestration.steps` (`dagkit.step_task`
-for the embedding itself, in the Airflow worker or in the worker image by execution mode). Embedding tasks
+for the embedding itself, in the Airflow worker or in the worker image by execution mode;
+the output checks, lineage and annotation in the Airflow worker). Embedding tasks
 run in the Airflow pool and queue of the model's resource profile (a GPU pool sized to the
 GPUs present), so GPU work never oversubscribes. Outputs are idempotent by dataset id: a
 dataset whose embeddings are already published is not embedded again.
@@ -65,8 +67,17 @@ def lineage(manifest: Any, checked: dict[str, Any]) -> dict[str, Any]:
     return run_step("record_lineage", dataset_id=m["dataset_id"], model=m["model"], embed_manifest=m)
 
 
+@task
+def annotate(manifest: Any, recorded: dict[str, Any]) -> dict[str, Any]:
+    """Every champion annotator of the model over the new embeddings (after lineage: the
+    annotation runs nest under the embedding run). Like lineage, it runs in the Airflow worker
+    in every execution mode: it talks to MLflow's registry, and predicting is light."""
+    m = as_manifest(manifest)
+    return run_step("annotate", manifest={"dataset_id": m["dataset_id"], "model": m["model"]})
+
+
 def model_group(model: str) -> None:
-    """pending → per dataset: embed → validate outputs → lineage."""
+    """pending → per dataset: embed → validate outputs → lineage → annotate."""
     profile = profile_for(model)
     pool = {"pool": profile.airflow_pool, "queue": profile.airflow_queue} if profile else {}
     datasets = pending.override(task_id="pending")(model)
@@ -79,7 +90,8 @@ def model_group(model: str) -> None:
             "embed", dataset_id, items_from=datasets, task_id="embed", model=model, fixed={"model": model},
             **pool, **named,
         )  # fmt: skip
-        lineage.override(**named)(out, validate_outputs.override(**named)(out))
+        recorded = lineage.override(**named)(out, validate_outputs.override(**named)(out))
+        annotate.override(**named)(out, recorded)
 
     per_dataset.expand(dataset_id=datasets)
 

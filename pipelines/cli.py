@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "run",
     "query",
     "lineage",
+    "annotate",
     "demo",
     "compose",
 )

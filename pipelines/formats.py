@@ -52,6 +52,12 @@ FORMATS: dict[str, Format] = {
         Format("tokens", "1", ("1",), "token parts: tokens/<id>/vocab=<hash>/part-*.parquet (metadata)"),
         Format("embeddings", "1", ("1",), "embeddings: embeddings/model=<m>/dataset_id=<id>/part-*.parquet"),
         Format(
+            "annotations",
+            "1",
+            ("1",),
+            "annotations: annotations/model=<m>/annotator=<n>/dataset_id=<id>/part-*.parquet",
+        ),
+        Format(
             "validation",
             "0.1.0",
             ("0.1.0",),

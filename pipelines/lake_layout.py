@@ -7,6 +7,7 @@ Layout (relative to ``SCLAKE_LAKE_URI``)::
     zarr/<dataset_id>.zarr                      the chunked dataset
     tokens/dataset_id=<id>/vocab=<hash>/part-<NNNNN>.parquet   rank-value tokens, shared by models of one vocabulary
     embeddings/model=<m>/dataset_id=<id>/part-<NNNNN>.parquet
+    annotations/model=<m>/annotator=<name>/dataset_id=<id>/part-<NNNNN>.parquet   predicted cell types
     quarantine/<dataset_id>/                    rejected uploads + reason.json
     reports/<dataset_id>/                       validation results, Data Docs, QC plots, lineage records
     cells/dataset_id=<dataset_id>/obs.parquet   obs of every cell (for the DuckDB ``cells`` view)
@@ -41,6 +42,14 @@ def check_model_name(model: str) -> str:
     if not MODEL_NAME_RE.match(model or ""):
         raise ValueError(f"model name {model!r} may only hold letters, digits, '.', '_' and '-'")
     return model
+
+
+def check_annotator_name(name: str) -> str:
+    if not MODEL_NAME_RE.match(name or "") or len(name) > 64:
+        raise ValueError(
+            f"annotator name {name!r} may only hold letters, digits, '.', '_' and '-' (at most 64 characters)"
+        )
+    return name
 
 
 class LakeKeyError(LakeError, ValueError):
@@ -96,6 +105,7 @@ class LakePaths:
     raw_dir: str = "raw"
     zarr_dir: str = "zarr"
     embeddings_dir: str = "embeddings"
+    annotations_dir: str = "annotations"
     quarantine_dir: str = "quarantine"
     reports_dir: str = "reports"
     models_dir: str = "models"
@@ -114,6 +124,28 @@ class LakePaths:
 
     def embedding_part(self, model: str, dataset_id: str, part: int) -> str:
         return f"{self.embeddings(model, dataset_id)}/{part_name(part)}.parquet"
+
+    def annotations(self, model: str, annotator: str, dataset_id: str) -> str:
+        """Published folder of one annotator's predictions for a dataset's ``model`` embeddings."""
+        return (
+            f"{self.annotations_dir}/model={check_model_name(model)}/annotator={check_annotator_name(annotator)}"
+            f"/dataset_id={check_dataset_id(dataset_id)}"
+        )
+
+    def annotation_part(self, model: str, annotator: str, dataset_id: str, part: int) -> str:
+        return f"{self.annotations(model, annotator, dataset_id)}/{part_name(part)}.parquet"
+
+    def annotation_qc_plot(self, dataset_id: str, model: str, annotator: str) -> str:
+        """The QC plot coloured by an annotator's predicted labels."""
+        name = check_annotator_name(annotator)
+        return f"{self.reports(dataset_id)}/qc/{check_model_name(model)}/annotator={name}.png"
+
+    def annotation_record(self, dataset_id: str, model: str, annotator: str) -> str:
+        """The lineage record of one annotation (annotator version, MLflow runs)."""
+        return (
+            f"{self.reports(dataset_id)}/lineage/annotations/model={check_model_name(model)}"
+            f"/annotator={check_annotator_name(annotator)}.json"
+        )
 
     def quarantine(self, dataset_id: str) -> str:
         return f"{self.quarantine_dir}/{check_dataset_id(dataset_id)}"

@@ -57,6 +57,11 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "sclake_step_cpu_seconds_total": ("counter", "CPU seconds of a step (process and children), all runs.", ()),
     "sclake_uploads_total": ("counter", "Uploads seen by ingest, by outcome.", ("outcome",)),
     "sclake_quarantined_total": ("counter", "Uploads moved to quarantine, by reason code.", ("reason",)),
+    "sclake_annotated_cells_total": (
+        "counter",
+        "Cells annotated, by annotator and outcome (labelled, or unknown below the annotator's threshold).",
+        ("annotator", "outcome"),
+    ),
     "sclake_step_duration_seconds": ("gauge", "Wall-clock seconds of the last run of a step.", ()),
     "sclake_step_peak_rss_bytes": ("gauge", "Peak resident memory of the last run (process and children).", ()),
     "sclake_gpu_peak_memory_bytes": ("gauge", "Peak GPU memory allocated by torch in the last run.", ()),
@@ -123,7 +128,7 @@ class StepMetrics:
         self.device = label_value(device, default="cpu")
         self.n_cells = 0
         self.summary: dict[str, float | int | str] = {}
-        self._events: list[tuple[str, str, str]] = []
+        self._events: list[tuple[str, dict[str, str], float]] = []
 
     def cells(self, n: int) -> None:
         """Add ``n`` cells processed by this run."""
@@ -140,11 +145,17 @@ class StepMetrics:
         """Count one upload with ``outcome`` (one of :data:`UPLOAD_OUTCOMES`)."""
         if outcome not in UPLOAD_OUTCOMES:
             raise ValueError(f"upload outcome {outcome!r} is not one of {UPLOAD_OUTCOMES}")
-        self._events.append(("sclake_uploads_total", "outcome", outcome))
+        self._events.append(("sclake_uploads_total", {"outcome": outcome}, 1.0))
 
     def quarantine(self, reason: str) -> None:
         """Count one upload sent to quarantine; ``reason`` is a short code (e.g. ``InputError.code``)."""
-        self._events.append(("sclake_quarantined_total", "reason", reason_code(reason)))
+        self._events.append(("sclake_quarantined_total", {"reason": reason_code(reason)}, 1.0))
+
+    def annotated(self, annotator: str, labelled: int, unknown: int) -> None:
+        """Count cells an annotator labelled, and those it left ``unknown`` (below its threshold)."""
+        for outcome, n in (("labelled", labelled), ("unknown", unknown)):
+            labels = {"annotator": label_value(annotator), "outcome": outcome, **self.labels}
+            self._events.append(("sclake_annotated_cells_total", labels, float(n)))
 
     @property
     def labels(self) -> dict[str, str]:
@@ -225,8 +236,8 @@ def _run_batch(m: StepMetrics, duration: float, usage: Usage, error: BaseExcepti
             b.gauge("sclake_embed_cells_per_second", m.n_cells / duration, **labels)
     if error is None:
         b.gauge("sclake_step_last_success_timestamp_seconds", time.time(), **labels)
-    for name, label, value in m._events:
-        b.inc(name, 1.0, **{label: value})
+    for name, event_labels, amount in m._events:
+        b.inc(name, amount, **event_labels)
     return b
 
 

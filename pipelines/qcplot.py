@@ -173,6 +173,7 @@ def write_qc_plot(
     seed: int = 0,
     lake: Lake | None = None,
     synthetic: bool | None = None,
+    annotator: str | None = None,
 ) -> QcPlot:
     """Draw the PCA QC plot of a dataset's ``model`` embeddings and write it to ``reports/<id>/qc/<model>.png``.
 
@@ -185,10 +186,18 @@ def write_qc_plot(
     synthetic
         Whether the model's weights are random (``sclake models synthesize``); the plot then
         says so. Default: read from the model's manifest.
+    annotator
+        Colour by this annotator's predicted labels (its published annotations of the
+        dataset) and write ``reports/<id>/qc/<model>/annotator=<name>.png`` instead.
     """
     lake = lake or Lake(settings)
     matrix, columns, total = read_embedding_sample(lake, model, dataset_id, max_cells=max_cells, seed=seed)
     coords, explained = pca_2d(matrix)
+    rel = PATHS.qc_plot(dataset_id, model)
+    if annotator is not None:
+        color_by = f"predicted ({annotator})"
+        columns[color_by] = predicted_labels(lake, model, annotator, dataset_id, columns["cell_id"])
+        rel = PATHS.annotation_qc_plot(dataset_id, model, annotator)
     color = pick_color_column(columns, color_by)
     drawn = f"{len(coords):,} of {total:,} cells" if len(coords) < total else f"{total:,} cells"
     title = f"{model} embeddings of dataset {dataset_id}: PCA, {drawn}"
@@ -196,10 +205,24 @@ def write_qc_plot(
         synthetic = _is_synthetic(settings, model)
     note = SYNTHETIC_NOTE if synthetic else None
     png = render_png(coords, columns[color] if color else None, title, explained, note)
-    rel = PATHS.qc_plot(dataset_id, model)
     lake.write_bytes(rel, png)
     log.info("QC plot of %s / %s (%s) written to %s", dataset_id, model, drawn, lake.url(rel))
     return QcPlot(rel, png, len(coords), total, color, explained)
+
+
+def predicted_labels(lake: Lake, model: str, annotator: str, dataset_id: str, cell_ids: pd.Series) -> pd.Series:
+    """The published predicted label of each of ``cell_ids`` (read part by part, only these kept)."""
+    import pyarrow.parquet as pq
+
+    wanted = set(cell_ids.astype(str))
+    found: dict[str, str] = {}
+    for rel in lake.ls(PATHS.annotations(model, annotator, dataset_id), suffix=".parquet"):
+        with lake.open(rel, "rb") as f:
+            table = pq.read_table(f, columns=["cell_id", "label"])
+        for cell, label in zip(table.column("cell_id").to_pylist(), table.column("label").to_pylist(), strict=True):
+            if cell in wanted:
+                found[cell] = label
+    return cell_ids.astype(str).map(found)
 
 
 def _is_synthetic(settings: Settings, model: str) -> bool:

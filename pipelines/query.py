@@ -1,6 +1,6 @@
-"""DuckDB over the lake: views ``embeddings`` and ``cells``, offline extensions, an S3 secret.
+"""DuckDB over the lake: views ``embeddings``, ``cells`` and ``annotations``, offline extensions, an S3 secret.
 
-``connect(settings)`` returns an in-memory DuckDB connection with two views:
+``connect(settings)`` returns an in-memory DuckDB connection with three views:
 
 ``embeddings``
     Every committed embeddings partition
@@ -11,6 +11,12 @@
 ``cells``
     The obs table of every dataset (``cells/dataset_id=<id>/obs.parquet``): ``cell_id``,
     the obs columns and ``dataset_id``, published by ingestion. Queries never write to the lake.
+``annotations``
+    Every committed annotation
+    (``annotations/model=<m>/annotator=<name>/dataset_id=<id>/part-*.parquet``): ``cell_id``,
+    ``label`` (``unknown`` below the annotator's threshold), ``probability``, ``best_label``
+    and the hive columns ``model``, ``annotator`` and ``dataset_id``. Join it with
+    ``embeddings`` or ``cells`` on ``(dataset_id, cell_id)``.
 
 Extensions come from the PyPI packages ``duckdb-extension-httpfs`` and
 ``duckdb-extension-vss`` and are loaded from their files; automatic installation and
@@ -49,12 +55,19 @@ class QueryError(SclakeError):
 
 EMBEDDING_HIVE_TYPES = "{'model': 'VARCHAR', 'dataset_id': 'VARCHAR'}"
 CELLS_HIVE_TYPES = "{'dataset_id': 'VARCHAR'}"
+ANNOTATIONS_HIVE_TYPES = "{'model': 'VARCHAR', 'annotator': 'VARCHAR', 'dataset_id': 'VARCHAR'}"
+EMPTY_ANNOTATIONS = (
+    "SELECT NULL::VARCHAR AS cell_id, NULL::VARCHAR AS label, NULL::FLOAT AS probability, "
+    "NULL::VARCHAR AS best_label, NULL::VARCHAR AS model, NULL::VARCHAR AS annotator, "
+    "NULL::VARCHAR AS dataset_id WHERE false"
+)
 EMPTY_EMBEDDINGS = (
     "SELECT NULL::VARCHAR AS cell_id, NULL::FLOAT[] AS embedding, NULL::VARCHAR AS model, "
     "NULL::VARCHAR AS dataset_id WHERE false"
 )
 EMPTY_CELLS = "SELECT NULL::VARCHAR AS cell_id, NULL::VARCHAR AS dataset_id WHERE false"
 _PARTITION_RE = re.compile(r"^embeddings/model=([^/]+)/dataset_id=([0-9a-f]{16})$")
+_ANNOTATION_RE = re.compile(r"^annotations/model=([^/]+)/annotator=([^/]+)/dataset_id=([0-9a-f]{16})$")
 _ZARR_RE = re.compile(r"^zarr/([0-9a-f]{16})\.zarr$")
 
 
@@ -137,9 +150,12 @@ def duckdb_location(lake: Lake, rel: str) -> str:
     return lake.reader_location(rel)
 
 
-def committed_partitions(lake: Lake) -> dict[tuple[str, str], list[str]]:
-    """``{(model, dataset_id): [part paths]}`` of the embeddings partitions that carry a commit marker."""
-    files = lake.ls(PATHS.embeddings_dir, recursive=True)
+def committed_partitions(
+    lake: Lake, root: str = PATHS.embeddings_dir, pattern: re.Pattern[str] = _PARTITION_RE
+) -> dict[tuple[str, ...], list[str]]:
+    """``{(model, dataset_id): [part paths]}`` of the embeddings partitions that carry a commit marker
+    (``root`` and ``pattern``: another hive-partitioned output, keyed by the pattern's groups)."""
+    files = lake.ls(root, recursive=True)
     by_dir: dict[str, list[str]] = {}
     markers = set()
     for rel in files:
@@ -150,9 +166,9 @@ def committed_partitions(lake: Lake) -> dict[tuple[str, str], list[str]]:
             by_dir.setdefault(parent, []).append(rel)
     out = {}
     for parent, parts in sorted(by_dir.items()):
-        m = _PARTITION_RE.match(parent)
+        m = pattern.match(parent)
         if m and parent in markers:
-            out[(m.group(1), m.group(2))] = sorted(parts)
+            out[m.groups()] = sorted(parts)
     return out
 
 
@@ -174,7 +190,7 @@ def read_parquet_sql(locations: list[str], hive_types: str = EMBEDDING_HIVE_TYPE
 
 
 def create_views(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
-    """(Re)create the ``embeddings`` and ``cells`` views from what is committed in the lake now.
+    """(Re)create the ``embeddings``, ``cells`` and ``annotations`` views from what is committed now.
 
     Reads only: the obs Parquet behind ``cells`` is published by ingestion
     (:mod:`pipelines.ingest.cells`). Datasets ingested before it was are named in a warning.
@@ -196,10 +212,14 @@ def create_views(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     files = [duckdb_location(lake, p) for p in have]
     cells = read_parquet_sql(files, CELLS_HIVE_TYPES) if files else EMPTY_CELLS
     con.execute(f"CREATE OR REPLACE VIEW cells AS {cells}")
+    committed = committed_partitions(lake, PATHS.annotations_dir, _ANNOTATION_RE)
+    files = [duckdb_location(lake, p) for parts in committed.values() for p in parts]
+    annotations = read_parquet_sql(files, ANNOTATIONS_HIVE_TYPES) if files else EMPTY_ANNOTATIONS
+    con.execute(f"CREATE OR REPLACE VIEW annotations AS {annotations}")
 
 
 def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the views ``embeddings`` and ``cells`` over the lake.
+    """An in-memory DuckDB connection with the views ``embeddings``, ``cells`` and ``annotations``.
 
     Parameters
     ----------

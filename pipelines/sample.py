@@ -266,6 +266,7 @@ def write_sample(
     genes: int = 20_000,
     seed: int = 0,
     *,
+    batch: int = 0,
     layout: Layout = "csr",
     counts_in: CountsIn = "X",
     var_ids: VarIds = "index",
@@ -284,6 +285,10 @@ def write_sample(
         Shape of the count matrix. ``genes`` is at most 30,000 (the synthetic universe).
     seed
         The same arguments and seed give the same bytes.
+    batch
+        Another batch of cells from the same tissue: the seed fixes the genes and the
+        cell-type programs, the batch draws new cells (types, donors, counts) from them.
+        Batch 0 is the default sample; e.g. a reference is batch 0 and a query batch 1.
     layout
         ``"csr"`` (default, streamed in row blocks: any number of cells in bounded
         memory), ``"csc"`` or ``"dense"`` (built in memory: small files only).
@@ -310,6 +315,8 @@ def write_sample(
     _check_choice("obs_index", obs_index, ("names", "integer"))
     if cells < 1:
         raise ValueError(f"cells={cells!r} must be >= 1")
+    if batch < 0:
+        raise ValueError(f"batch={batch!r} must be >= 0")
     path = Path(path)
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,6 +324,8 @@ def write_sample(
         raise FileNotFoundError(f"folder {str(path.parent)!r} does not exist")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     model = build_model(genes, rng)
+    if batch:  # new cells from the same programs (batch 0 draws them from the model's stream)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 2, batch]))
     types, donors = draw_obs(model, cells, rng)
     obs, var = make_obs(model, types, donors), make_var(model, var_ids)
     progress = Progress(f"sample {path.name}", total=cells, unit="cells")
@@ -324,7 +333,7 @@ def write_sample(
     def blocks():
         for b, start in enumerate(range(0, cells, block_cells)):
             stop = min(start + block_cells, cells)
-            block_rng = np.random.default_rng(np.random.SeedSequence([seed, 1, b]))
+            block_rng = np.random.default_rng(np.random.SeedSequence([seed, 1, b] if not batch else [seed, 3, batch, b]))
             yield draw_block(model, types[start:stop], donors[start:stop], block_rng)
             progress.advance(stop - start)
 

@@ -175,6 +175,10 @@ def live(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, tiny_model:
         sample = tmp / "sample.h5ad"
         _sclake(["sample", str(sample), "--cells", str(cells)], env, tmp)
         summary = json.loads(_sclake(["run", f"file://{sample}"], env, tmp).stdout)
+        # An annotator trained on the sample itself, applied to it (the annotation panels).
+        reference = ["--reference", summary["dataset_id"], "--label", "cell_type", "--model", tiny_model]
+        _sclake(["annotate", "train", *reference, "--name", "dash", "--drop-rare"], env, tmp)
+        _sclake(["annotate", "apply", summary["dataset_id"]], env, tmp)
         _sclake(["run", f"file://{sample}"], env, tmp)  # the same bytes again: a duplicate upload
         broken = tmp / "broken.h5ad"
         broken.write_bytes(b"this is not an HDF5 file\n" * 10)
@@ -186,6 +190,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, tiny_model:
             'sclake_uploads_total{outcome="quarantined"}',
             'sclake_uploads_total{outcome="already"}',
             'sclake_cells_processed_total{step="embed"}',
+            "sclake_annotated_cells_total",
             "airflow_task_finished_total",
             "node_memory_MemAvailable_bytes",
         ):
@@ -269,8 +274,15 @@ def test_pipeline_panels_show_the_run(live: Live) -> None:
     assert _values(prom, d, "Quarantines by reason") == {(("reason", live.quarantine_reason),): 1}
     assert _values(prom, d, "Step failures") == {(): 0}
     durations = _values(prom, d, "Stage duration, last run")
-    assert {dict(k)["step"] for k in durations} == {"ingest", "validate", "embed"}
+    assert {dict(k)["step"] for k in durations} == {"ingest", "validate", "embed", "annotate"}
     assert all(v > 0 for v in durations.values())
+    # The annotator labelled every embedded cell once (the duplicate upload was not annotated again).
+    assert _values(prom, d, "Cells annotated") == {(): live.rows}
+    by_outcome = _values(prom, d, "Cells annotated by annotator")
+    assert {dict(k)["annotator"] for k in by_outcome} == {"dash"} and sum(by_outcome.values()) == live.rows
+    ((_, unknown_share),) = _values(prom, d, "Share labelled unknown").items()
+    unknown = sum(v for k, v in by_outcome.items() if dict(k)["outcome"] == "unknown")
+    assert unknown_share == pytest.approx(unknown / live.rows)
     rate = _values(prom, d, "Cells per second, last run")
     (embed_rate,) = [v for k, v in rate.items() if dict(k)["step"] == "embed"]
     assert embed_rate > 0
@@ -296,7 +308,7 @@ def test_airflow_panels_show_the_failed_task(live: Live) -> None:
 def test_resources_panels(live: Live) -> None:
     d, prom = load(DASHBOARDS / "sclake-resources.json"), live.prom
     rss = _values(prom, d, "Step peak RSS, last run")
-    assert {dict(k)["step"] for k in rss} == {"ingest", "validate", "embed"}
+    assert {dict(k)["step"] for k in rss} == {"ingest", "validate", "embed", "annotate"}
     assert all(v > 50 * 2**20 for v in rss.values())  # a Python process with numpy/zarr loaded
     cpu = _values(prom, d, "CPU seconds per run")
     assert all(v > 0 for v in cpu.values())

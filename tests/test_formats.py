@@ -39,7 +39,7 @@ def test_an_unknown_version_or_format_is_refused_with_what_was_found_and_what_is
         check("model-manifest", manifest, "m", error=ValueError)
 
 
-@pytest.mark.parametrize("name", ["tokens", "embeddings"])
+@pytest.mark.parametrize("name", ["tokens", "embeddings", "annotations"])
 def test_parquet_schemas_declare_the_table_entries(name: str) -> None:
     schema = json.loads((ROOT / "schemas" / f"{name}.schema.json").read_text())
     assert {k: schema[k] for k in ("encoding-type", "encoding-version")} == encoding(name)

@@ -15,6 +15,9 @@ def register(app: typer.Typer) -> None:
         cells: int = typer.Option(2000, "--cells", min=1, help="Number of cells."),
         genes: int = typer.Option(20_000, "--genes", min=1, max=30_000, help="Number of genes (at most 30,000)."),
         seed: int = typer.Option(0, "--seed", help="Random seed: the same arguments give the same bytes."),
+        batch: int = typer.Option(
+            0, "--batch", min=0, help="New cells from the same genes and cell-type programs as batch 0 of this seed."
+        ),
         layout: str = typer.Option("csr", "--layout", help="X layout: csr (streamed), csc or dense (small files)."),
         counts_in: str = typer.Option("X", "--counts-in", help="Where raw counts go: X, layers or raw."),
         var_ids: str = typer.Option(
@@ -36,6 +39,7 @@ def register(app: typer.Typer) -> None:
                 cells=cells,
                 genes=genes,
                 seed=seed,
+                batch=batch,
                 layout=layout,  # type: ignore[arg-type]
                 counts_in=counts_in,  # type: ignore[arg-type]
                 var_ids=var_ids,  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ log = get_logger(__name__)
 
 
 def run_upload(settings: Settings, uri: str, models: list[str] | None = None) -> dict[str, Any]:
-    """Ingest, validate, embed with each model, validate outputs, record lineage.
+    """Ingest, validate, embed with each model, validate outputs, record lineage, annotate.
 
     Returns a JSON-able summary: dataset_id, outcome, and per model rows, the Parquet
     prefix and the MLflow run id. A quarantined upload raises ``InputError`` with the reason.
@@ -38,12 +38,14 @@ def run_upload(settings: Settings, uri: str, models: list[str] | None = None) ->
             emb = {"dataset_id": dataset_id, "model": model}
         steps.validate_embeddings(settings, dataset_id, model)
         lin = steps.record_lineage(settings, dataset_id, model, embed_manifest=emb, upload_key=manifest.get("key"))
+        annotated = steps.annotate(settings, {"dataset_id": dataset_id, "model": model})
         info = lake.commit_info(PATHS.embeddings(model, dataset_id))
         summary["models"][model] = {
             "rows": info.get("rows"),
             "parquet_prefix": lake.url(PATHS.embeddings(model, dataset_id)),
             "mlflow_run_id": lin["mlflow_run_id"],
+            "annotations": annotated["annotations"],
         }
     first = summary["models"][models[0]]
-    summary.update(rows=first["rows"], parquet_prefix=first["parquet_prefix"], mlflow_run_id=first["mlflow_run_id"])
+    summary.update({k: first[k] for k in ("rows", "parquet_prefix", "mlflow_run_id", "annotations")})
     return summary

@@ -3,7 +3,7 @@
 The one sequence of an upload::
 
     ingest_upload → validate_upload                       (UPLOAD_STEPS; per upload)
-    embed → validate_embeddings → record_lineage           (EMBED_STEPS; per dataset and model)
+    embed → validate_embeddings → record_lineage → annotate   (EMBED_STEPS; per dataset and model)
 
 Airflow tasks (every execution mode; the container modes through ``sclake step``),
 ``sclake run`` (:func:`pipelines.orchestration.flowrun.run_upload`) and the tests call these
@@ -206,12 +206,27 @@ def record_lineage(
     return {"dataset_id": dataset_id, "model": model, "mlflow_run_id": run_id}
 
 
+def annotate(settings: Settings, manifest: dict[str, Any], model: str | None = None) -> dict[str, Any]:
+    """Apply every champion annotator of the model to the embedded dataset (``manifest``: the
+    ``embed`` step's, or any with ``dataset_id`` and ``model``). Nothing to do without annotators.
+
+    A dataset annotated by an older champion is left as it is (``stale`` in the result);
+    ``sclake annotate apply`` re-annotates on request.
+    """
+    from pipelines.annotate import annotate_dataset
+
+    dataset_id, model = manifest["dataset_id"], model or manifest["model"]
+    done = annotate_dataset(settings, dataset_id, model)
+    return {"dataset_id": dataset_id, "model": model, "annotations": done}
+
+
 UPLOAD_STEPS = ("ingest_upload", "validate_upload")
-EMBED_STEPS = ("embed", "validate_embeddings", "record_lineage")
+EMBED_STEPS = ("embed", "validate_embeddings", "record_lineage", "annotate")
 STEPS = {
     "ingest_upload": ingest_upload,
     "validate_upload": validate_upload,
     "embed": embed,
     "validate_embeddings": validate_embeddings,
     "record_lineage": record_lineage,
+    "annotate": annotate,
 }
