@@ -7,12 +7,13 @@ columns (``obs.<name>``) that the embedding files carry through
 written; a rerun after a crash keeps the parts already staged. Models whose vocabulary
 hash is equal (same dictionaries, input size and framing) reuse the same files.
 
-Parts are tokenised in parallel with Dask: on the given client, else with Dask's local
-threaded scheduler (NumPy's sort and SciPy's kernels release the GIL).
+Parts are tokenised in parallel: on the given Dask client, else in a pool of threads of
+this process (NumPy's sort and SciPy's kernels release the GIL).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -166,11 +167,14 @@ def _run(tasks: list[tuple], client: Any, progress: Progress) -> list[dict[str, 
             out.append(rec)
             progress.advance(rec["cells"])
         return out
-    import dask
+    # A thread pool rather than dask.delayed: dask would walk the vocabulary and gene plan of
+    # every task looking for collections (seconds for one small part).
+    from concurrent.futures import ThreadPoolExecutor
 
-    for rec in dask.compute(*[dask.delayed(tokenize_part)(*t) for t in tasks], scheduler="threads"):
-        out.append(rec)
-        progress.advance(rec["cells"])
+    with ThreadPoolExecutor(max_workers=min(len(tasks), os.cpu_count() or 1)) as pool:
+        for rec in pool.map(lambda t: tokenize_part(*t), tasks):
+            out.append(rec)
+            progress.advance(rec["cells"])
     return out
 
 
@@ -185,7 +189,7 @@ def tokenize_dataset(settings: Settings, dataset_id: str, model: str, *, client:
     model : str
         A model with local files; models sharing its vocabulary reuse the result.
     client : distributed.Client, optional
-        Run the parts on this cluster; default: Dask's threaded scheduler in this process.
+        Run the parts on this cluster; default: a pool of threads in this process.
 
     Returns
     -------
