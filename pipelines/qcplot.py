@@ -28,6 +28,7 @@ log = get_logger(__name__)
 MAX_CELLS = 20_000
 COLOR_COLUMNS = ("cell_type", "celltype", "cell_label", "louvain", "leiden", "cluster", "batch", "sample")
 MAX_LEGEND = 20
+GREY_LABELS = ("unknown", "NA")  # an annotator's cells below its threshold, missing values
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -147,7 +148,8 @@ def render_png(
         cmap = matplotlib.colormaps["tab20"]
         for i, cat in enumerate(shown):
             sel = values == cat
-            ax.scatter(coords[sel, 0], coords[sel, 1], s=size, color=cmap(i % 20), label=str(cat), linewidths=0)
+            color = "lightgrey" if cat in GREY_LABELS else cmap(i % 20)
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=size, color=color, label=str(cat), linewidths=0)
         rest = ~np.isin(values, shown)
         if rest.any():
             ax.scatter(coords[rest, 0], coords[rest, 1], s=size, color="lightgrey", label="other", linewidths=0)
@@ -201,6 +203,8 @@ def write_qc_plot(
     color = pick_color_column(columns, color_by)
     drawn = f"{len(coords):,} of {total:,} cells" if len(coords) < total else f"{total:,} cells"
     title = f"{model} embeddings of dataset {dataset_id}: PCA, {drawn}"
+    if annotator is not None:
+        title += f"\ncoloured by the labels annotator {annotator!r} predicted"
     if synthetic is None:
         synthetic = _is_synthetic(settings, model)
     note = SYNTHETIC_NOTE if synthetic else None

@@ -114,6 +114,23 @@ def _extra_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [name for name, typ, *_ in cols if name not in skip and not typ.endswith("]")]
 
 
+def _with_predictions(con: duckdb.DuckDBPyConnection, model: str, neighbors: list[dict]) -> list[dict]:
+    """Each neighbour with the label every annotator predicted for it (``predicted.<annotator>``)."""
+    if not neighbors:
+        return neighbors
+    pairs = ", ".join(f"({sql_str(n['dataset_id'])}, {sql_str(n['cell_id'])})" for n in neighbors)
+    rows = con.execute(
+        f"SELECT dataset_id, cell_id, annotator, label FROM annotations WHERE model = {sql_str(model)} "
+        f"AND (dataset_id, cell_id) IN ({pairs})"
+    ).fetchall()
+    annotators = sorted({r[2] for r in rows})
+    found = {(d, c, a): label for d, c, a, label in rows}
+    return [
+        {**n, **{f"predicted.{a}": found.get((n["dataset_id"], n["cell_id"], a)) for a in annotators}}
+        for n in neighbors
+    ]
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -184,7 +201,7 @@ def find_similar(
         columns, rows = [d[0] for d in cur.description], cur.fetchall()
     else:
         columns, rows, searched = _hnsw_search(settings, model, vector, k, query_dataset if within_dataset else None)
-    neighbors = [dict(zip(columns, r, strict=True)) for r in rows]
+    neighbors = _with_predictions(con, model, [dict(zip(columns, r, strict=True)) for r in rows])
     log.info("similar: %s over %s cells of model %s", method, f"{searched:,}", model)
     return SimilarResult(model, cell_id, query_dataset, k, method, searched, neighbors)
 

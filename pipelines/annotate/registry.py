@@ -10,6 +10,7 @@ width, the label column it predicts, its classes and its confidence threshold. T
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,12 +179,21 @@ def load_classifier(settings: Settings, annotator: Annotator) -> Any:
     """The scikit-learn pipeline of a registered version (downloaded from the tracking server)."""
     import mlflow.artifacts
     import mlflow.sklearn
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
-    with tempfile.TemporaryDirectory(prefix="sclake-annotator-") as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=annotator.source, dst_path=tmp, tracking_uri=tracking.tracking_uri(settings)
-        )
-        return mlflow.sklearn.load_model(local)
+    before = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"  # step logs show our own progress
+    try:
+        with tempfile.TemporaryDirectory(prefix="sclake-annotator-") as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=annotator.source, dst_path=tmp, tracking_uri=tracking.tracking_uri(settings)
+            )
+            return mlflow.sklearn.load_model(local)
+    finally:
+        if before is None:
+            os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+        else:
+            os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = before
 
 
 def list_annotators(settings: Settings) -> list[dict[str, Any]]:

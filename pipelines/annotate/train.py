@@ -88,7 +88,7 @@ def check_classes(y: np.ndarray, opts: TrainOptions) -> np.ndarray:
     classes, counts = np.unique(y, return_counts=True)
     ref = f"reference {opts.reference}"
     if len(classes) < 2:
-        only = f"only {classes[0]!r}" if len(classes) else "none"
+        only = f"only {str(classes[0])!r}" if len(classes) else "none"
         raise AnnotationError(
             f"{ref} has one class in {opts.label!r} ({only}); a classifier needs at least two",
             "pick a reference (or a --label column) with several cell types",

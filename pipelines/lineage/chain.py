@@ -112,6 +112,9 @@ def _embedding(lake: Lake, dataset_id: str, model: str) -> dict[str, Any]:
     out["mlflow_parent_run_id"] = rec.get("parent_run_id")
     out["output_fingerprint"] = rec.get("output_fingerprint")
     out["tracking_uri"] = rec.get("tracking_uri")
+    from pipelines.annotate.lineage import annotation_lineage
+
+    out["annotations"] = annotation_lineage(lake, dataset_id, model)
     return out
 
 
@@ -227,6 +230,12 @@ def render_lineage(chain: dict[str, Any]) -> str:
         row("validation", ev.get("outcome") if ev else "(not validated)", 3)
         row("qc plot", e["qc_plot"] or "(none)", 3)
         row("mlflow run", e["mlflow_run_id"] or "(not logged)", 3)
+        for a in e.get("annotations") or []:
+            unknown = f", {100 * float(a.get('unknown_share') or 0):.1f}% unknown"
+            row("annotated", f"{a['annotator']} ({a['registered_model']} v{a['annotator_version']}): "
+                f"{_n(a['rows'], 'cell')}{unknown}  {a['path']}", 3)  # fmt: skip
+            row("", f"mlflow run {a.get('mlflow_run_id') or '(not logged)'}, "
+                f"trained in run {a.get('training_run_id')}; qc plot {a.get('qc_plot') or '(none)'}", 3)  # fmt: skip
     m = chain["mlflow"]
     if m["ingest_run_id"]:
         row("mlflow", f"ingest run {m['ingest_run_id']} in experiment {m['experiment']!r} at {m['tracking_uri']}")
