@@ -288,3 +288,34 @@ def test_a_newer_champion_reannotates_on_request_and_a_crashed_run_resumes(label
     assert json.loads(r.stdout.strip().splitlines()[-1])["outcome"] == "already"
     r = subprocess.run([SCLAKE, "annotate", "list", "--json"], env=env, capture_output=True, text=True)
     assert {row["annotator"]: row["champion_version"] for row in json.loads(r.stdout)} == {"types": 2}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_embedding_dag_annotates_new_uploads(tmp_path: Path, settings_s3: Settings, tiny_model: str) -> None:
+    """A registered champion annotates an upload that goes through Airflow's ingest and embedding DAGs."""
+    from tests.test_dags import airflow_env, dag_test
+
+    settings = settings_s3.model_copy(update={"models": tiny_model})
+    reference = write_sample(tmp_path / "reference.h5ad", cells=300, genes=1500, seed=8)
+    ref_id = run_upload(settings, str(reference))["dataset_id"]
+    train_annotator(settings, TrainOptions(ref_id, "cell_type", tiny_model, name="dag", drop_rare=True))
+
+    lake = Lake(settings)
+    lake.put(write_sample(tmp_path / "new.h5ad", cells=200, genes=1500, seed=8, batch=1), "incoming/lab/new.h5ad")
+    env = airflow_env(
+        tmp_path, settings, SCLAKE_SENSOR_TIMEOUT_S="3", SCLAKE_SENSOR_POKE_S="1", SCLAKE_MODELS=tiny_model
+    )
+    migrate = subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"], env=env, capture_output=True, text=True
+    )
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    assert dag_test("sclake_ingest", env)["state"] == "success"
+    (new_id,) = [p.split("/")[-1].removesuffix(".h5ad") for p in lake.ls("raw") if ref_id not in p]
+    embed = dag_test("sclake_embed", env)
+    assert embed["state"] == "success", embed
+    group = f"embed_{tiny_model.replace('-', '_')}.dataset"
+    assert embed["named"][f"{group}.annotate[{new_id}]"] == "success", embed["named"]
+    info = lake.commit_info(PATHS.annotations(tiny_model, "dag", new_id))
+    assert info["rows"] == 200 and info["annotator_version"] == 1
+    assert len(predictions(settings, new_id, "dag")) == 200
