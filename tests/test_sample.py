@@ -157,3 +157,30 @@ def test_write_sample_without_parents_names_the_missing_folder(tmp_path: Path) -
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_sample(tmp_path / "none" / "x.h5ad", cells=5, genes=100, parents=False)
     assert not (tmp_path / "none").exists()
+
+
+def test_a_batch_draws_new_cells_from_the_same_tissue(tmp_path: Path) -> None:
+    """``--batch``: the same genes and cell-type programs, other cells; batch 0 is the default sample."""
+    a = write_sample(tmp_path / "a.h5ad", cells=400, genes=500, seed=3)
+    assert write_sample(tmp_path / "a0.h5ad", cells=400, genes=500, seed=3, batch=0).read_bytes() == a.read_bytes()
+    b = ad.read_h5ad(write_sample(tmp_path / "b.h5ad", cells=400, genes=500, seed=3, batch=1))
+    a = ad.read_h5ad(a)
+    assert list(a.var_names) == list(b.var_names)
+    assert set(b.obs["cell_type"].cat.categories) == set(a.obs["cell_type"].cat.categories)
+    assert (a.X != b.X).nnz > 0 and not np.array_equal(a.obs["cell_type"].to_numpy(), b.obs["cell_type"].to_numpy())
+
+    # The same programs: per cell type, mean expression profiles of the two batches agree far
+    # better than those of different types.
+    def profile(x, mask):
+        m = np.asarray(x[mask].mean(axis=0)).ravel()
+        return np.log1p(m / m.sum() * 1e4)
+
+    kinds = [t for t in a.obs["cell_type"].cat.categories if (a.obs["cell_type"] == t).sum() >= 20]
+    kinds = [t for t in kinds if (b.obs["cell_type"] == t).sum() >= 20][:2]
+    same = np.corrcoef(profile(a.X, (a.obs["cell_type"] == kinds[0]).to_numpy()),
+                       profile(b.X, (b.obs["cell_type"] == kinds[0]).to_numpy()))[0, 1]  # fmt: skip
+    other = np.corrcoef(profile(a.X, (a.obs["cell_type"] == kinds[0]).to_numpy()),
+                        profile(b.X, (b.obs["cell_type"] == kinds[1]).to_numpy()))[0, 1]  # fmt: skip
+    assert same > other
+    with pytest.raises(ValueError, match="batch=-1"):
+        write_sample(tmp_path / "c.h5ad", cells=10, genes=100, batch=-1)
