@@ -52,6 +52,11 @@ def test_demo_runs_end_to_end(tmp_path: Path, models_dir: Path, tiny_model: str)
         assert m, r.stdout
         assert m.group(2) == tiny_model and int(m.group(3).replace(",", "")) == 400
         assert "sclake_ingest run" in r.stdout and "sclake_embed run" in r.stdout
+        # The first sample became the annotator's reference; the second came out annotated.
+        assert "registered dataset " + m.group(1) + " as a reference: annotator 'demo-cell-type'" in r.stdout
+        annotated = re.search(r"annotations of dataset ([0-9a-f]{16}) by 'demo-cell-type': ([\d,]+) cells", r.stdout)
+        assert annotated and annotated.group(1) != m.group(1) and annotated.group(2) == "200", r.stdout
+        assert "Predicted labels of the second sample" in r.stdout and "predicted" in r.stdout
         assert "Airflow" in r.stdout and "MLflow" in r.stdout
         # A second demo with the same sample finds the embeddings and only prints the query.
         again = subprocess.run(
