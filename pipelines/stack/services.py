@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipelines.logs import get_logger
 from pipelines.settings import Settings, load_settings, stack_env_file
-from pipelines.stack.dask import dask_env, dask_notes, dask_services
+from pipelines.stack.dask import SCHEDULER, dask_env, dask_notes, dask_services
 from pipelines.stack.process import ProcessManager, Service, venv_binary
 
 log = get_logger(__name__)
@@ -244,8 +244,7 @@ def status(settings: Settings | None = None) -> list[ServiceStatus]:
 
 def post_up_notes(settings: Settings) -> list[str]:
     """Extra lines for ``stack up`` (e.g. the Dask dashboard, Airflow's UI address and admin credentials)."""
-    started = ProcessManager(settings.home).started()
-    notes = dask_notes(settings) if {s.name for s in dask_services(settings)} & started else []
+    notes = dask_notes(settings) if SCHEDULER in ProcessManager(settings.home).started() else []
     try:
         from pipelines.stack.monitoring import monitoring_notes
     except ImportError:
