@@ -8,12 +8,14 @@ written; a rerun after a crash keeps the parts already staged. Models whose voca
 hash is equal (same dictionaries, input size and framing) reuse the same files.
 
 Parts are tokenised in parallel: on the given Dask client, else in a pool of threads of
-this process (NumPy's sort and SciPy's kernels release the GIL).
+this process (``SCLAKE_DASK_WORKERS`` of them, at most one per core; NumPy's sort and SciPy's kernels
+release the GIL). Each part is encoded a block of rows at a time, so memory does not follow the
+part size nor the number of cells.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,7 @@ from pipelines.embed.tokenizer import TOKENIZER_VERSION, GenePlan, Tokens, Vocab
 from pipelines.errors import InputError
 from pipelines.lake import PATHS, Lake, part_name
 from pipelines.logs import Progress, get_logger
+from pipelines.part_blocks import iter_row_blocks, parallel_parts
 
 if TYPE_CHECKING:
     from pipelines.settings import Settings
@@ -94,16 +97,20 @@ def _n_counts(obs: Any) -> np.ndarray | None:
 def tokenize_part(
     settings: Settings, dataset_id: str, part: int, plan: GenePlan, vocab: Vocabulary, stage: str
 ) -> dict[str, Any]:
-    """Tokenise Zarr part ``part`` and write it into the staging folder ``stage`` (a Dask task)."""
+    """Tokenise Zarr part ``part`` and write it into the staging folder ``stage`` (a Dask task).
+
+    The counts are read and encoded a block of rows at a time (:mod:`pipelines.part_blocks`;
+    each cell's tokens depend on its own row only), and each block becomes a row group of the
+    part's Parquet file, so that the task holds one block's temporaries and the part's
+    compressed output rather than the whole part's encoding.
+    """
     from pipelines.dataset import Dataset
 
     started = time.perf_counter()
     lake = Lake(settings)
     ds = Dataset(lake.url(PATHS.zarr(dataset_id)), lake.storage_options)
-    x = ds.read_part_csr(part)
     obs = ds.obs_part(part)
     n_counts = _n_counts(obs)
-    toks = rank_value_encode(x, plan, vocab, n_counts)
     meta = {
         "dataset_id": dataset_id,
         "part": part,
@@ -114,15 +121,27 @@ def tokenize_part(
         "n_counts_source": "obs/n_counts" if n_counts is not None else "row sums",
         "sclake_version": writer.package_version("sclake"),
     }
-    table = writer.tokens_table(obs.index.astype(str), toks.ids, toks.offsets, writer.obs_columns(obs), meta)
-    record = lake.put_atomic(f"{stage}/{part_name(part)}.parquet", writer.parquet_bytes(table))
-    return {
-        **record,
-        "part": part,
-        "cells": len(toks),
-        "tokens": int(toks.offsets[-1]),
-        "seconds": time.perf_counter() - started,
-    }
+    cell_ids = obs.index.astype(str)
+    carried = writer.obs_columns(obs)
+    buf = io.BytesIO()
+    out: pq.ParquetWriter | None = None
+    cells = tokens = 0
+    for first, x in iter_row_blocks(ds, part):
+        rows = slice(first, first + x.shape[0])
+        toks = rank_value_encode(x, plan, vocab, None if n_counts is None else n_counts[rows])
+        obs_rows = {k: v.slice(first, x.shape[0]) for k, v in carried.items()}
+        table = writer.tokens_table(cell_ids[rows], toks.ids, toks.offsets, obs_rows, meta)
+        if out is None:
+            strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+            compression = writer.load_schema("embeddings")["compression"]
+            out = pq.ParquetWriter(buf, table.schema, compression=compression, use_dictionary=strings)
+        out.write_table(table)
+        cells += len(toks)
+        tokens += int(toks.offsets[-1])
+    if out is not None:
+        out.close()
+    record = lake.put_atomic(f"{stage}/{part_name(part)}.parquet", buf.getvalue())
+    return {**record, "part": part, "cells": cells, "tokens": tokens, "seconds": time.perf_counter() - started}
 
 
 def read_token_part(lake: Lake, rel: str) -> TokenPart:
@@ -154,7 +173,7 @@ def _staged_ok(lake: Lake, stage: str, vocab_hash: str) -> dict[int, dict[str, A
     return done
 
 
-def _run(tasks: list[tuple], client: Any, progress: Progress) -> list[dict[str, Any]]:
+def _run(tasks: list[tuple], client: Any, progress: Progress, threads: int) -> list[dict[str, Any]]:
     if not tasks:
         return []
     out = []
@@ -171,7 +190,7 @@ def _run(tasks: list[tuple], client: Any, progress: Progress) -> list[dict[str, 
     # every task looking for collections (seconds for one small part).
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(len(tasks), os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(len(tasks), threads)) as pool:
         for rec in pool.map(lambda t: tokenize_part(*t), tasks):
             out.append(rec)
             progress.advance(rec["cells"])
@@ -217,7 +236,8 @@ def tokenize_dataset(settings: Settings, dataset_id: str, model: str, *, client:
     todo = [p.index for p in ds.parts if p.index not in done]
     progress = Progress(f"tokenize {dataset_id}", total=ds.n_obs, unit="cells", logger=log)
     progress.advance(sum(int(d["cells"]) for d in done.values()))
-    records = _run([(settings, dataset_id, p, plan, vocab, stage) for p in todo], client, progress)
+    tasks = [(settings, dataset_id, p, plan, vocab, stage) for p in todo]
+    records = _run(tasks, client, progress, parallel_parts(settings))
     progress.finish()
     tokens = sum(r["tokens"] for r in records)
     for p, d in done.items():

@@ -14,6 +14,7 @@ those summaries.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,60 +48,120 @@ def _stored(block: sp.spmatrix | np.ndarray) -> tuple[np.ndarray, sp.csr_matrix 
     return dense.reshape(-1), None, 0
 
 
+# Non-integer values a part keeps to find how many decimals they have (the first ones, in row order).
+FRACTION_SAMPLE = 1000
+
+
+class PartAccumulator:
+    """Summarises a part block by block (consecutive rows, in order) into one :class:`PartSummary`.
+
+    The result equals that of summarising the whole part at once: per-cell statistics are
+    concatenated, gene sums added (exactly, for whole-number counts), extremes and counts
+    combined, and the examples are the part's first ones in row order.
+    """
+
+    def __init__(self, part: int, n_vars: int) -> None:
+        self.part = int(part)
+        self.n_vars = int(n_vars)
+        self.n_cells = 0
+        self.totals: list[np.ndarray] = []
+        self.genes: list[np.ndarray] = []
+        self.gene_cells = np.zeros(n_vars, np.int64)
+        self.gene_counts = np.zeros(n_vars, np.float64)
+        self.counts = {"nnz": 0, "n_negative": 0, "n_nonint": 0, "n_nan": 0, "n_inf": 0}
+        self.lo = self.hi = np.nan
+        self.nonint: list[np.ndarray] = []  # the first FRACTION_SAMPLE non-integer values
+        self.n_nonint_kept = 0
+        self.negative: list[float] = []
+
+    def add(self, block: sp.spmatrix | np.ndarray) -> None:
+        """Summarise the next rows of the part (sparse or dense), without densifying them."""
+        n_cells, n_vars = block.shape
+        if n_vars != self.n_vars:
+            raise ValueError(f"block of part {self.part} has {n_vars} columns; expected {self.n_vars}")
+        values, csr, n_implicit = _stored(block)
+        nan = np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+        inf = np.isinf(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+        finite_mask = ~(nan | inf)
+        finite = values[finite_mask].astype(np.float64, copy=False)
+        nonint = finite != np.round(finite)
+        negative = finite < 0
+        lo = float(finite.min()) if finite.size else np.nan
+        hi = float(finite.max()) if finite.size else np.nan
+        if n_implicit:
+            lo = 0.0 if np.isnan(lo) else min(lo, 0.0)
+            hi = 0.0 if np.isnan(hi) else max(hi, 0.0)
+        self.lo, self.hi = _extreme(self.lo, lo, min), _extreme(self.hi, hi, max)
+        clean = np.where(finite_mask, values, 0).astype(np.float64, copy=False)
+        positive = clean > 0
+        if csr is not None:
+            rows = np.repeat(np.arange(n_cells), np.diff(csr.indptr))
+            total = np.bincount(rows, weights=clean, minlength=n_cells)
+            n_genes = np.bincount(rows, weights=positive, minlength=n_cells).astype(np.int64)
+            self.gene_cells += np.bincount(csr.indices, weights=positive, minlength=n_vars).astype(np.int64)
+            self.gene_counts += np.bincount(csr.indices, weights=clean, minlength=n_vars)
+        else:
+            grid = clean.reshape(n_cells, n_vars)
+            pos = positive.reshape(n_cells, n_vars)
+            total, n_genes = grid.sum(axis=1), pos.sum(axis=1).astype(np.int64)
+            self.gene_cells += pos.sum(axis=0).astype(np.int64)
+            self.gene_counts += grid.sum(axis=0)
+        self.n_cells += n_cells
+        self.totals.append(np.asarray(total, dtype=np.float64))
+        self.genes.append(np.asarray(n_genes, dtype=np.int64))
+        c = self.counts
+        c["nnz"] += int(values.size if csr is not None else np.count_nonzero(values))
+        c["n_negative"] += int(negative.sum())
+        c["n_nonint"] += int(nonint.sum())
+        c["n_nan"] += int(nan.sum())
+        c["n_inf"] += int(inf.sum())
+        if self.n_nonint_kept < FRACTION_SAMPLE:
+            take = finite[nonint][: FRACTION_SAMPLE - self.n_nonint_kept]
+            self.nonint.append(take)
+            self.n_nonint_kept += take.size
+        if len(self.negative) < EXAMPLES:
+            self.negative.extend(float(v) for v in finite[negative][: EXAMPLES - len(self.negative)])
+
+    def summary(self) -> PartSummary:
+        """The part's summary (what :func:`summarise_block` returns for the whole part)."""
+        nonint = np.concatenate(self.nonint) if self.nonint else np.zeros(0)
+        values = {
+            "part": self.part,
+            "n_cells": self.n_cells,
+            "nnz": self.counts["nnz"],
+            "min": float(self.lo),
+            "max": float(self.hi),
+            **{k: self.counts[k] for k in ("n_negative", "n_nonint", "n_nan", "n_inf")},
+            "max_fraction_digits": _fraction_digits(nonint),
+        }
+        return PartSummary(
+            part=self.part,
+            total_counts=np.concatenate(self.totals) if self.totals else np.zeros(0, np.float64),
+            n_genes=np.concatenate(self.genes) if self.genes else np.zeros(0, np.int64),
+            gene_cells=self.gene_cells,
+            gene_counts=self.gene_counts,
+            values=values,
+            nonint_examples=[float(v) for v in nonint[:EXAMPLES]],
+            negative_examples=list(self.negative),
+        )
+
+
+def _extreme(a: float, b: float, how: Any) -> float:
+    """``how(a, b)`` where NaN stands for "no value yet"."""
+    if np.isnan(a):
+        return b
+    return a if np.isnan(b) else how(a, b)
+
+
 def summarise_block(block: sp.spmatrix | np.ndarray, part: int = 0) -> PartSummary:
     """Summarise one block of X (cells x genes, sparse or dense) without densifying it.
 
     Non-finite values are counted and left out of the sums and extremes, so that one NaN
     does not hide what the rest of the part holds.
     """
-    n_cells, n_vars = block.shape
-    values, csr, n_implicit = _stored(block)
-    nan = np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
-    inf = np.isinf(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
-    finite_mask = ~(nan | inf)
-    finite = values[finite_mask].astype(np.float64, copy=False)
-    nonint = finite != np.round(finite)
-    negative = finite < 0
-    lo = float(finite.min()) if finite.size else np.nan
-    hi = float(finite.max()) if finite.size else np.nan
-    if n_implicit:
-        lo = 0.0 if np.isnan(lo) else min(lo, 0.0)
-        hi = 0.0 if np.isnan(hi) else max(hi, 0.0)
-    clean = np.where(finite_mask, values, 0).astype(np.float64, copy=False)
-    positive = clean > 0
-    if csr is not None:
-        rows = np.repeat(np.arange(n_cells), np.diff(csr.indptr))
-        total = np.bincount(rows, weights=clean, minlength=n_cells)
-        n_genes = np.bincount(rows, weights=positive, minlength=n_cells).astype(np.int64)
-        gene_cells = np.bincount(csr.indices, weights=positive, minlength=n_vars).astype(np.int64)
-        gene_counts = np.bincount(csr.indices, weights=clean, minlength=n_vars)
-    else:
-        grid = clean.reshape(n_cells, n_vars)
-        pos = positive.reshape(n_cells, n_vars)
-        total, n_genes = grid.sum(axis=1), pos.sum(axis=1).astype(np.int64)
-        gene_cells, gene_counts = pos.sum(axis=0).astype(np.int64), grid.sum(axis=0)
-    summary = {
-        "part": int(part),
-        "n_cells": int(n_cells),
-        "nnz": int(values.size if csr is not None else np.count_nonzero(values)),
-        "min": lo,
-        "max": hi,
-        "n_negative": int(negative.sum()),
-        "n_nonint": int(nonint.sum()),
-        "n_nan": int(nan.sum()),
-        "n_inf": int(inf.sum()),
-        "max_fraction_digits": _fraction_digits(finite[nonint][:1000]),
-    }
-    return PartSummary(
-        part=int(part),
-        total_counts=np.asarray(total, dtype=np.float64),
-        n_genes=np.asarray(n_genes, dtype=np.int64),
-        gene_cells=np.asarray(gene_cells, dtype=np.int64),
-        gene_counts=np.asarray(gene_counts, dtype=np.float64),
-        values=summary,
-        nonint_examples=[float(v) for v in finite[nonint][:EXAMPLES]],
-        negative_examples=[float(v) for v in finite[negative][:EXAMPLES]],
-    )
+    acc = PartAccumulator(part, block.shape[1])
+    acc.add(block)
+    return acc.summary()
 
 
 def _fraction_digits(values: np.ndarray) -> int:

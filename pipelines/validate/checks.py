@@ -27,7 +27,7 @@ class Inputs:
 
     dataset_id: str
     model: str
-    cell_ids: np.ndarray  # object array of str (or None)
+    cell_ids: np.ndarray | pd.Series  # str (or None), e.g. an Arrow-backed string Series
     gene_ids: np.ndarray  # object array of str (or None)
     vocabulary: frozenset[str]
     mapping: dict[str, str]
@@ -42,7 +42,9 @@ def _duplicates(ids: pd.Series) -> tuple[int, list[str]]:
 
 def tables(inputs: Inputs, agg: Aggregates) -> dict[str, pd.DataFrame]:
     """The four tables the dataset suites validate, by suite name."""
-    obs = pd.DataFrame({"cell_id": pd.Series(inputs.cell_ids, dtype=object)})
+    ids = inputs.cell_ids
+    ids = ids.reset_index(drop=True) if isinstance(ids, pd.Series) else pd.Series(ids, dtype=object)
+    obs = pd.DataFrame({"cell_id": ids}, copy=False)
     var = pd.DataFrame(
         {
             "gene_id": pd.Series(inputs.gene_ids, dtype=object),

@@ -13,8 +13,9 @@ a ``_SUCCESS`` marker) and replaced as a whole when validation runs again:
 
 from __future__ import annotations
 
-import io
 import json
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +31,61 @@ SUMMARY = "validation.json"
 GX_RESULTS = "gx_results.json"
 DOCS = "data_docs"
 CELLS_ENCODING = formats.parquet_encoding("validated-cells")
+COPY_BLOCK = 8 << 20
 
 
-def cells_table(cells: pd.DataFrame, cell_ids: np.ndarray, kept: np.ndarray) -> bytes:
-    """Parquet bytes of the validated-cell table (versioned in its key-value metadata)."""
+def _cells_schema() -> Any:
+    import pyarrow as pa
+
+    schema = pa.schema(
+        [
+            ("part", pa.int32()),
+            ("row", pa.int32()),
+            ("cell_id", pa.string()),
+            ("total_counts", pa.float64()),
+            ("n_genes", pa.int32()),
+            ("kept", pa.bool_()),
+        ]
+    )
+    return schema.with_metadata({**CELLS_ENCODING, b"sclake-version": __version__.encode()})
+
+
+def write_cells_table(path: Path, cells: pd.DataFrame, kept: np.ndarray, part_ids: Iterable[Any]) -> Path:
+    """Write the validated-cell table to the local file ``path``, one row group per part; returns ``path``.
+
+    Parameters
+    ----------
+    path : Path
+    cells : pandas.DataFrame
+        ``part``, ``row``, ``total_counts``, ``n_genes`` of every cell, parts in order.
+    kept : np.ndarray
+        bool, one per cell.
+    part_ids : iterable of pyarrow.Array
+        The cell ids of each part in turn (string, nulls for missing ids), read as the table is
+        written, so that only one part's ids are held at a time.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table(
-        {
-            "part": pa.array(cells["part"].to_numpy(), pa.int32()),
-            "row": pa.array(cells["row"].to_numpy(), pa.int32()),
-            "cell_id": pa.array([None if v is None else str(v) for v in cell_ids], pa.string()),
-            "total_counts": pa.array(cells["total_counts"].to_numpy(), pa.float64()),
-            "n_genes": pa.array(cells["n_genes"].to_numpy(), pa.int32()),
-            "kept": pa.array(np.asarray(kept, dtype=bool), pa.bool_()),
-        }
-    )
-    table = table.replace_schema_metadata({**CELLS_ENCODING, b"sclake-version": __version__.encode()})
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
+    schema = _cells_schema()
+    start = 0
+    with pq.ParquetWriter(path, schema) as out:
+        for ids in part_ids:
+            stop = start + len(ids)
+            rows = cells.iloc[start:stop]
+            columns = [
+                pa.array(rows["part"].to_numpy(), pa.int32()),
+                pa.array(rows["row"].to_numpy(), pa.int32()),
+                ids.cast(pa.string()),
+                pa.array(rows["total_counts"].to_numpy(), pa.float64()),
+                pa.array(rows["n_genes"].to_numpy(), pa.int32()),
+                pa.array(np.asarray(kept[start:stop], dtype=bool), pa.bool_()),
+            ]
+            out.write_table(pa.Table.from_arrays(columns, schema=schema))
+            start = stop
+    if start != len(cells):
+        raise ValueError(f"cell ids of {start:,} cells for a table of {len(cells):,} cells")
+    return path
 
 
 def publish(
@@ -59,9 +94,10 @@ def publish(
     summary: dict[str, Any],
     gx_results: dict[str, Any],
     docs_dir: Path,
-    extra: dict[str, bytes] | None = None,
+    extra: dict[str, bytes | Path] | None = None,
 ) -> None:
-    """Replace the validation folder ``final`` with this run's files, atomically."""
+    """Replace the validation folder ``final`` with this run's files, atomically (``extra``: more files,
+    as bytes or local files, which are streamed)."""
     if lake.is_published(final):
         lake.unpublish(final)
     info = {**formats.encoding("validation"), "outcome": summary.get("outcome")}
@@ -69,7 +105,11 @@ def publish(
         lake.put_tree(docs_dir, f"{stage}/{DOCS}")
         lake.write_bytes(f"{stage}/{GX_RESULTS}", json.dumps(gx_results, default=str).encode())
         for name, data in (extra or {}).items():
-            lake.write_bytes(f"{stage}/{name}", data)
+            if isinstance(data, Path):
+                with open(data, "rb") as src, lake.open(f"{stage}/{name}", "wb") as dst:
+                    shutil.copyfileobj(src, dst, COPY_BLOCK)
+            else:
+                lake.write_bytes(f"{stage}/{name}", data)
         lake.write_json(f"{stage}/{SUMMARY}", summary)
 
 
