@@ -43,6 +43,17 @@ def test_workers_are_sized_from_the_settings_and_the_machine(tmp_path: Path) -> 
         assert _argv_value(gpu.argv, "--resources") == "GPU=1" and "CUDA_VISIBLE_DEVICES" in gpu.env
 
 
+def test_a_module_that_fails_to_preload_does_not_stop_the_worker(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipelines.stack import worker_preload
+
+    monkeypatch.setattr(worker_preload, "MODULES", ("pipelines.no_such_module", "json"))
+    with caplog.at_level("WARNING", logger=worker_preload.__name__):
+        worker_preload.dask_setup()
+    assert "preloading pipelines.no_such_module failed (ModuleNotFoundError" in caplog.text
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if not k.startswith(("SCLAKE_", "DASK_"))}
@@ -86,15 +97,18 @@ def test_stack_runs_a_dask_cluster_and_exports_its_address(env: dict[str, str]) 
     # Steps reach the workers through the exported address; they run in the stack's folder, with sclake's config.
     def _worker_facts() -> dict[str, object]:  # nested: pickled by value, the workers cannot import tests/
         import os
+        import sys
 
         import dask
 
-        return {"cwd": os.getcwd(), "spill": dask.config.get("distributed.worker.memory.spill")}
+        preloaded = "pipelines.ingest.convert" in sys.modules
+        return {"cwd": os.getcwd(), "spill": dask.config.get("distributed.worker.memory.spill"), "preloaded": preloaded}
 
     with Client(address, timeout="20s", set_as_default=False) as client:
         facts = client.run(_worker_facts)
     assert len(facts) == 2
-    assert all(f == {"cwd": str(home / "dask" / "dask-worker"), "spill": False} for f in facts.values()), facts
+    expected = {"cwd": str(home / "dask" / "dask-worker"), "spill": False, "preloaded": True}
+    assert all(f == expected for f in facts.values()), facts
 
     down = sclake(env, "stack", "down")
     assert down.returncode == 0 and "dask-worker" in down.stdout and "dask-scheduler" in down.stdout

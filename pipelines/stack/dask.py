@@ -10,9 +10,10 @@ machine's memory shared among them). With GPUs (``nvidia-smi -L``) there is one 
 worker per GPU, with ``--resources GPU=1`` and only that GPU visible, for the profiles'
 GPU work. Workers run with :data:`pipelines.dask_cluster.WORKER_CONFIG` in
 ``$SCLAKE_HOME/dask/`` (their working and scratch folder, not the caller's), import the
-task modules once at start, and share nothing with the steps but the lake: every task
-gets its settings and URIs as arguments. They are long-lived, so after a code change
-``sclake stack down && sclake stack up`` restarts them on the new code.
+task modules once at start (:mod:`pipelines.stack.worker_preload`), and share nothing
+with the steps but the lake: every task gets its settings and URIs as arguments. They are
+long-lived, so after a code change ``sclake stack down && sclake stack up`` restarts them
+on the new code.
 """
 
 from __future__ import annotations
@@ -25,15 +26,14 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from pipelines.dask_cluster import INGEST_MODULES, worker_config_environ
+from pipelines.dask_cluster import worker_config_environ
 from pipelines.settings import Settings
 from pipelines.stack.process import Service, venv_binary
 
 SCHEDULER = "dask-scheduler"
 WORKER = "dask-worker"
 GPU_WORKER = "dask-gpu-worker"
-# Imported by every worker at start, so that the first task of each step runs without imports.
-PRELOAD = (*INGEST_MODULES, "pipelines.embed.tokens", "pipelines.validate.run")
+PRELOAD = "pipelines.stack.worker_preload"  # imports the task modules once per worker, never fatally
 INSTALL_HINT = "Install distributed (a dependency of sclake: run `uv sync`)."
 
 
@@ -124,9 +124,7 @@ def worker_service(settings: Settings, name: str, n: int, memory: str, gpu: int 
     space = dask_dir(settings) / name
     argv = [venv_binary("dask"), "worker", scheduler_address(settings), "--name", name, "--nworkers", str(n)]
     argv += ["--nthreads", "1", "--memory-limit", memory, "--host", host, "--dashboard-address", f"{host}:0"]
-    argv += ["--local-directory", str(space)]
-    for module in PRELOAD:
-        argv += ["--preload", module]
+    argv += ["--local-directory", str(space), "--preload", PRELOAD]
     env = _environ()
     if gpu is not None:
         argv += ["--resources", "GPU=1"]
