@@ -22,7 +22,7 @@ The result goes to ``benchmarks/results/annotate.json`` (``annotate-full.json`` 
 
 Usage::
 
-    .venv/bin/python benchmarks/annotate.py [--cells 200000] [--ref-cells 20000] [--genes 2000] [--full]
+    .venv/bin/python benchmarks/annotate.py [--cells 200000] [--ref-cells 20000] [--genes 2000] [--full] [--resume]
 """
 
 from __future__ import annotations
@@ -93,11 +93,15 @@ def main() -> None:
     p.add_argument("--full", action="store_true", help="the real architecture (width 256) instead of --tiny")
     p.add_argument("--method", default="logreg", choices=["logreg", "knn"])
     p.add_argument("--workdir", type=Path, default=Path("/tmp/sclake-bench-annotate"))
+    p.add_argument(
+        "--resume", action="store_true", help="keep the workdir's samples and lake (an interrupted run goes on)"
+    )
     args = p.parse_args()
 
     work = args.workdir
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not args.resume:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCLAKE_")}
     env.update(
         SCLAKE_HOME=str(work / "home"),
@@ -106,12 +110,13 @@ def main() -> None:
         SCLAKE_MODELS=args.model,
         SCLAKE_PUSHGATEWAY_URL="",
     )
-    sclake(["models", "synthesize", args.model, *([] if args.full else ["--tiny"])], env)
     reference, query = work / "reference.h5ad", work / "query.h5ad"
-    sclake(["sample", str(reference), "--cells", str(args.ref_cells), "--genes", str(args.genes),
-            "--seed", str(args.seed)], env)  # fmt: skip
-    sclake(["sample", str(query), "--cells", str(args.cells), "--genes", str(args.genes),
-            "--seed", str(args.seed), "--batch", "1"], env)  # fmt: skip
+    if not (args.resume and query.exists()):
+        sclake(["models", "synthesize", args.model, *([] if args.full else ["--tiny"]), "--force"], env)
+        sclake(["sample", str(reference), "--cells", str(args.ref_cells), "--genes", str(args.genes),
+                "--seed", str(args.seed)], env)  # fmt: skip
+        sclake(["sample", str(query), "--cells", str(args.cells), "--genes", str(args.genes),
+                "--seed", str(args.seed), "--batch", "1"], env)  # fmt: skip
     runs = {}
     for name, path in (("reference", reference), ("query", query)):
         m = sclake(["run", str(path)], env)
