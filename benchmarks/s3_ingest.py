@@ -4,12 +4,15 @@ The same synthetic sample as ``benchmarks/ingest.py`` (``sclake sample``) is upl
 an S3 server started here. Two measurements, each alternating the two sides
 ``--repeats`` times on the same server:
 
-* **Ingest**: ``sclake ingest s3://…/incoming/x.h5ad --json`` into an ``s3://`` lake (hash,
-  server-side raw copy and its verification, conversion by the local Dask cluster,
-  publish), against plain anndata reading the same object through s3fs
-  (``read_h5ad(fs.open(…))``) and writing Zarr v3 to the same server
-  (``write_zarr(FsspecStore)``). Whole commands, started fresh; wall seconds (median and
-  every run), cells/s and their ratio, peak RSS of each command's process tree.
+* **Ingest**: ``sclake ingest s3://…/incoming/x.h5ad --json`` into an ``s3://`` lake (one
+  read of the upload that hashes it into a local spool file, server-side raw copy and its
+  verification, conversion by the local Dask cluster from the spool, publish), against
+  plain anndata reading the same object through s3fs (``read_h5ad(fs.open(…))``) and
+  writing Zarr v3 to the same server (``write_zarr(FsspecStore)``). Whole commands, started
+  fresh; wall seconds (median and every run), cells/s and their ratio, peak RSS of each
+  command's process tree, the CPU seconds of the command's processes and of the S3
+  server during the command, the bytes the server moved (its ``core/stats``: reads,
+  writes and copies), and the load average before each run.
 * **Reads**: the source's counts read in part-sized row blocks by h5py in this process,
   through an s3fs file (fsspec's read-ahead, requests made by fsspec's I/O thread) and
   through sclake's ``S3RangeFile`` (ranged GETs in the calling thread; see
@@ -36,7 +39,10 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import Measured, gib, run_measured, write_result  # noqa: E402
@@ -59,21 +65,27 @@ adata.write_zarr(FsspecStore.from_url("s3://" + dst, storage_options=opts))
 """
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Server:
     """``rclone serve s3`` over ``root`` with a random key pair, bucket ``lake`` created."""
 
     def __init__(self, root: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
         (root / BUCKET).mkdir(parents=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port, rc_port = free_port(), free_port()
         self.key, self.secret = "bench" + secrets.token_hex(6), secrets.token_hex(20)
         self.endpoint = f"http://127.0.0.1:{port}"
+        self.rc = f"http://127.0.0.1:{rc_port}"  # rclone's remote control: transfer statistics
         self.root = root
         self.proc = subprocess.Popen(
             [str(BIN / "rclone"), "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}"]
-            + ["--auth-key", f"{self.key},{self.secret}"],
+            + ["--auth-key", f"{self.key},{self.secret}"]
+            + ["--rc", "--rc-addr", f"127.0.0.1:{rc_port}", "--rc-no-auth"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -86,6 +98,14 @@ class Server:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("rclone serve s3 did not start") from None
                 time.sleep(0.1)
+
+    def counters(self) -> tuple[float, int]:
+        """(CPU seconds of the server process, bytes it has moved: reads, writes and copies)."""
+        t = psutil.Process(self.proc.pid).cpu_times()
+        req = urllib.request.Request(f"{self.rc}/core/stats", data=b"{}", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            moved = int(json.load(r)["bytes"])
+        return t.user + t.system, moved
 
     def settings(self, prefix: str):
         from pipelines.settings import Settings
@@ -122,11 +142,13 @@ def run_sclake(server: Server, sample: Path, i: int) -> tuple[Measured, dict]:
     lake = Lake(server.settings(prefix))
     lake.put(sample, "incoming/x.h5ad")
     os.sync()
-    m = run_measured([str(BIN / "sclake"), "ingest", lake.url("incoming/x.h5ad"), "--json"], env=server.env(prefix))
+    m, extra = measured(
+        server, [str(BIN / "sclake"), "ingest", lake.url("incoming/x.h5ad"), "--json"], server.env(prefix)
+    )
     if m.returncode != 0:
         raise SystemExit(f"sclake ingest failed:\n{m.stderr[-4000:]}")
     shutil.rmtree(server.root / BUCKET / prefix, ignore_errors=True)
-    return m, json.loads(m.stdout).get("timings", {})  # sclake's own split: hash, raw_copy, convert
+    return m, {**extra, "timings": json.loads(m.stdout).get("timings", {})}  # sclake's split: hash, raw_copy, convert
 
 
 def run_anndata(server: Server, sample: Path, i: int) -> tuple[Measured, dict]:
@@ -135,14 +157,30 @@ def run_anndata(server: Server, sample: Path, i: int) -> tuple[Measured, dict]:
     prefix = f"anndata-{i}"
     Lake(server.settings(prefix)).put(sample, "x.h5ad")
     os.sync()
-    m = run_measured(
+    m, extra = measured(
+        server,
         [sys.executable, "-c", ANNDATA_CODE, server.endpoint, server.key, server.secret]
-        + [f"{BUCKET}/{prefix}/x.h5ad", f"{BUCKET}/{prefix}/out.zarr"]
+        + [f"{BUCKET}/{prefix}/x.h5ad", f"{BUCKET}/{prefix}/out.zarr"],
     )
     if m.returncode != 0:
         raise SystemExit(f"anndata failed:\n{m.stderr[-4000:]}")
     shutil.rmtree(server.root / BUCKET / prefix, ignore_errors=True)
-    return m, {}
+    return m, extra
+
+
+def measured(server: Server, cmd: list[str], env: dict[str, str] | None = None) -> tuple[Measured, dict]:
+    """Run ``cmd``; besides :func:`run_measured`'s figures, the load average before it and what
+    the S3 server spent on it (its CPU seconds and the bytes it moved)."""
+    load = [round(x, 2) for x in os.getloadavg()]
+    cpu0, moved0 = server.counters()
+    m = run_measured(cmd, env=env)
+    cpu1, moved1 = server.counters()
+    return m, {
+        "load_average_before": load,
+        "cpu_seconds": round(m.cpu_seconds, 2),
+        "server_cpu_seconds": round(cpu1 - cpu0, 2),
+        "server_bytes_moved": moved1 - moved0,
+    }
 
 
 def reads(server: Server, sample: Path, repeats: int) -> dict:
@@ -188,13 +226,18 @@ def reads(server: Server, sample: Path, repeats: int) -> dict:
 def side(runs: list[tuple[Measured, dict]], cells: int) -> dict:
     seconds = [m.seconds for m, _ in runs]
     median = statistics.median(seconds)
-    return {
+    out = {
         "seconds": round(median, 2),
         "cells_per_second": round(cells / median, 1),
         "seconds_runs": [round(x, 2) for x in seconds],
         "peak_rss_tree_bytes": max(m.peak_rss_tree_bytes for m, _ in runs),
-        **({"timings_runs": [t for _, t in runs]} if any(t for _, t in runs) else {}),
     }
+    for key in ("cpu_seconds", "server_cpu_seconds", "server_bytes_moved"):
+        out[key] = statistics.median(extra[key] for _, extra in runs)
+    out["load_average_before_runs"] = [extra["load_average_before"] for _, extra in runs]
+    if any("timings" in extra for _, extra in runs):
+        out["timings_runs"] = [extra["timings"] for _, extra in runs]
+    return out
 
 
 def main() -> None:
@@ -216,7 +259,12 @@ def main() -> None:
             for name, func in (("sclake", run_sclake), ("anndata", run_anndata)):
                 m, timings = func(server, sample, i)
                 runs[name].append((m, timings))
-                print(f"{name} run {i + 1}: {m.seconds:.2f} s, peak RSS {gib(m.peak_rss_tree_bytes)}", flush=True)
+                print(
+                    f"{name} run {i + 1}: {m.seconds:.2f} s, peak RSS {gib(m.peak_rss_tree_bytes)}, "
+                    f"CPU {timings['cpu_seconds']} s + server {timings['server_cpu_seconds']} s, "
+                    f"load {timings['load_average_before']}",
+                    flush=True,
+                )
     finally:
         server.close()
         shutil.rmtree(server.root, ignore_errors=True)

@@ -37,7 +37,7 @@ from pipelines.lake_layout import (
     lake_key,
     part_name,
 )
-from pipelines.lake_store import s3_storage_options, split_lake_uri
+from pipelines.lake_store import s3_client, s3_storage_options, split_lake_uri
 from pipelines.settings import Settings
 
 __all__ = [
@@ -63,6 +63,11 @@ COMMIT_MARKER = "_SUCCESS"
 # 150 MiB, whose UploadPartCopy answers some S3 servers (rclone's) send without the part's
 # ETag, so that s3fs fails; we use CopyObject up to its limit.
 COPY_OBJECT_LIMIT = 5 * 2**30
+# A CopyObject answers once the server has copied the object (rclone's server sends nothing
+# meanwhile), so its read timeout grows with the size: s3fs's 15 s timed out on a 0.6 GB raw
+# copy on a busy machine, and each retry copied the object once more.
+COPY_TIMEOUT_FLOOR = 60.0  # seconds
+COPY_TIMEOUT_RATE = 4 * 2**20  # bytes per second the copy is allowed to take, at the slowest
 STREAM_COPY_BLOCK = 64 * 2**20
 HASH_BLOCK = 8 * 1024 * 1024
 
@@ -241,9 +246,18 @@ class Lake:
 
         On ``file://`` a plain copy. On S3, up to :data:`COPY_OBJECT_LIMIT`, one CopyObject
         request (with ``if_match``, only if the source still has that ETag), which returns
-        the copy's ETag. Beyond it, s3fs's multipart copy; where the server's part answers
-        lack ETags, the bytes are streamed through this process in multipart upload blocks.
-        Returns the copy's ETag when the server gave one, else ``None``.
+        the copy's ETag; it is made by a synchronous client whose read timeout allows for
+        the object's size (:data:`COPY_TIMEOUT_RATE`). Beyond the limit, s3fs's multipart
+        copy; where the server's part answers lack ETags, the bytes are streamed through
+        this process in multipart upload blocks. Returns the copy's ETag when the server
+        gave one, else ``None``.
+
+        Raises
+        ------
+        FileNotFoundError
+            No object at ``src``.
+        LakeError
+            ``src`` no longer has the ETag ``if_match``, or the store refused the copy.
         """
         if self.protocol == "file":
             self.fs.copy(src, dst)
@@ -251,15 +265,7 @@ class Lake:
         if size is None:
             size = int(self.fs.info(src)["size"])
         if size <= COPY_OBJECT_LIMIT:
-            src_bucket, src_key, _ = self.fs.split_path(src)
-            dst_bucket, dst_key, _ = self.fs.split_path(dst)
-            kwargs: dict[str, Any] = {"CopySource": {"Bucket": src_bucket, "Key": src_key}}
-            if if_match:
-                kwargs["CopySourceIfMatch"] = if_match
-            answer = self.fs.call_s3("copy_object", Bucket=dst_bucket, Key=dst_key, **kwargs)
-            self.fs.invalidate_cache(dst)
-            etag = (answer.get("CopyObjectResult") or {}).get("ETag")
-            return str(etag) if etag else None
+            return self._copy_object_request(src, dst, size, if_match)
         try:
             self.fs.copy(src, dst)
         except KeyError:  # s3fs read a part ETag the server did not send
@@ -270,6 +276,29 @@ class Lake:
                 while block := r.read(STREAM_COPY_BLOCK):
                     w.write(block)
         return None
+
+    def _copy_object_request(self, src: str, dst: str, size: int, if_match: str | None) -> str | None:
+        from botocore.exceptions import ClientError
+
+        src_bucket, src_key, _ = self.fs.split_path(src)
+        dst_bucket, dst_key, _ = self.fs.split_path(dst)
+        kwargs: dict[str, Any] = {"CopySource": {"Bucket": src_bucket, "Key": src_key}}
+        if if_match:
+            kwargs["CopySourceIfMatch"] = if_match
+        client = s3_client(self.storage_options, read_timeout=max(COPY_TIMEOUT_FLOOR, size / COPY_TIMEOUT_RATE))
+        try:
+            answer = client.copy_object(Bucket=dst_bucket, Key=dst_key, **kwargs)
+        except ClientError as e:
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if status == 404:
+                raise FileNotFoundError(f"no object to copy at s3://{src}") from e
+            if status == 412:
+                raise LakeError(f"s3://{src} changed (its ETag is no longer {if_match}); not copied") from e
+            raise LakeError(f"cannot copy s3://{src} to s3://{dst}: {e}") from e
+        finally:
+            self.fs.invalidate_cache(dst)
+        etag = (answer.get("CopyObjectResult") or {}).get("ETag")
+        return str(etag) if etag else None
 
     def etag(self, path: str) -> str | None:
         """The current ETag of the object at store path ``path`` on S3 (not cached); ``None`` on ``file://``."""

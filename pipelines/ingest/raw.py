@@ -16,12 +16,23 @@ are the object's), the copy is made only if the source still has that ETag
 (``CopySourceIfMatch``), and the copy's ETag must equal it. Both are the MD5 of the
 bytes for objects written in one request (``"<32 hex digits>"``); for other ETags
 (multipart uploads, encryption with KMS) the copy is read back as above.
+
+An S3 upload is read from the store once: the hash pass writes the bytes it hashes into a
+local spool file (:func:`spool_for`), from which the inspection and the conversion's
+tasks read them when the workers share this machine's files (the local cluster). The
+server's own SHA-256 checksum (``x-amz-checksum-sha256``) is not used to name a dataset:
+some S3 servers (rclone's ``serve s3``) store the value a client sends without checking
+it against the bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +119,9 @@ class Fingerprint:
         return self.sha256[:16]
 
 
-def _stream_digests(f: Any, *, sha: bool) -> tuple[str | None, str, int]:
+def _stream_digests(f: Any, *, sha: bool, out: Any = None) -> tuple[str | None, str, int]:
+    """SHA-256 (when ``sha``), XXH3-128 and length of what ``f`` reads; each block is also
+    written to the file object ``out`` when one is given."""
     import xxhash
 
     h = hashlib.sha256() if sha else None
@@ -118,6 +131,8 @@ def _stream_digests(f: Any, *, sha: bool) -> tuple[str | None, str, int]:
         if h is not None:
             h.update(block)
         x.update(block)
+        if out is not None:
+            out.write(block)
         n += len(block)
     return (h.hexdigest() if h is not None else None), x.hexdigest(), n
 
@@ -128,8 +143,11 @@ def _open(lake: Lake, up: Upload) -> Any:
     return lake.fs.open(up.fs_path or lake.path(up.rel or ""), "rb", block_size=HASH_BLOCK)
 
 
-def fingerprint(lake: Lake, up: Upload) -> Fingerprint:
+def fingerprint(lake: Lake, up: Upload, spool: Path | None = None) -> Fingerprint:
     """SHA-256, XXH3-128 and size of the upload's bytes, in one streamed pass (and its ETag on S3).
+
+    With ``spool`` (from :func:`spool_for`), the bytes read are also written to that local
+    file, so that nothing else needs to read the upload from the store again.
 
     Raises
     ------
@@ -137,11 +155,52 @@ def fingerprint(lake: Lake, up: Upload) -> Fingerprint:
         When the S3 object was replaced while it was read.
     """
     before = _etag(lake, up)
-    with _open(lake, up) as f:
-        sha, xxh, n = _stream_digests(f, sha=True)
+    with _open(lake, up) as f, open(spool, "wb") if spool is not None else contextlib.nullcontext() as out:  # noqa: SIM115
+        sha, xxh, n = _stream_digests(f, sha=True, out=out)
     if _etag(lake, up) != before:
         raise LakeError(f"{up.uri!r} was replaced while it was read; ingest it again once the upload is complete")
     return Fingerprint(str(sha), xxh, n, before)
+
+
+SPOOL_DIR = "sclake-spool"  # under the system's temporary folder
+SPOOL_HEADROOM = 512 * 2**20  # free space left on the spool's file system beyond the upload
+
+
+def spool_for(lake: Lake, up: Upload) -> Path | None:
+    """A local file to hold an S3 upload's bytes while it is ingested, or ``None``.
+
+    ``None`` for uploads that are local files already, and when the temporary folder's file
+    system lacks the upload's size plus :data:`SPOOL_HEADROOM` (the tasks then read the
+    store). The file is named after this process (``<pid>-<name>``); spool files of
+    processes that no longer run (a killed ingest) are removed here. The caller removes
+    its own with :func:`drop_spool`.
+    """
+    if up.local is not None or lake.protocol != "s3":
+        return None
+    folder = Path(tempfile.gettempdir()) / SPOOL_DIR
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("*-*"):
+        pid = old.name.split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            old.unlink(missing_ok=True)
+    if shutil.disk_usage(folder).free < size(lake, up) + SPOOL_HEADROOM:
+        return None
+    return folder / f"{os.getpid()}-{hashlib.sha256(up.uri.encode()).hexdigest()[:16]}.h5ad"
+
+
+def drop_spool(spool: Path | None) -> None:
+    if spool is not None:
+        spool.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _etag(lake: Lake, up: Upload) -> str | None:
@@ -158,8 +217,10 @@ def sha256(lake: Lake, up: Upload) -> str:
     return fingerprint(lake, up).sha256
 
 
-def read_location(lake: Lake, up: Upload) -> tuple[str, dict[str, Any]]:
-    """``(url, storage_options)`` to read the upload's bytes with h5py/fsspec."""
+def read_location(lake: Lake, up: Upload, spool: Path | None = None) -> tuple[str, dict[str, Any]]:
+    """``(url, storage_options)`` to read the upload's bytes with h5py/fsspec (the spool file, if any)."""
+    if spool is not None:
+        return str(spool), {}
     if up.local is not None:
         return str(up.local), {}
     if up.fs_path is not None:

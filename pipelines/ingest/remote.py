@@ -15,14 +15,12 @@ read-ahead block keeps the many small metadata reads HDF5 makes to one request e
 from __future__ import annotations
 
 import io
-import threading
 from typing import Any
 
 from pipelines.errors import ConfigError
+from pipelines.lake_store import s3_client
 
-_lock = threading.Lock()
-_session: Any = None
-_clients: dict[str, Any] = {}
+__all__ = ["S3RangeFile", "s3_client", "split_s3_url"]
 
 
 def split_s3_url(url: str) -> tuple[str, str]:
@@ -32,52 +30,6 @@ def split_s3_url(url: str) -> tuple[str, str]:
     if not bucket or not key:
         raise ConfigError(f"{url!r} is not an s3://bucket/key URL")
     return bucket, key
-
-
-def s3_client(storage_options: dict[str, Any]) -> Any:
-    """A botocore S3 client for s3fs-style ``storage_options``; one per distinct options.
-
-    Understood: ``key``, ``secret``, ``token``, ``anon``, ``endpoint_url``, ``profile``,
-    ``client_kwargs`` (given to ``create_client``) and ``config_kwargs`` (a botocore
-    ``Config``), which is what :func:`pipelines.lake.s3_storage_options` writes. botocore
-    clients are thread-safe, so the processes' threads share them.
-    """
-    import json
-
-    token = json.dumps(storage_options, sort_keys=True, default=str)
-    with _lock:
-        client = _clients.get(token)
-        if client is None:
-            client = _clients[token] = _new_client(storage_options)
-    return client
-
-
-def _new_client(opts: dict[str, Any]) -> Any:
-    import botocore.session
-    from botocore import UNSIGNED
-    from botocore.config import Config
-
-    global _session
-    if opts.get("profile"):
-        session = botocore.session.Session(profile=opts["profile"])
-    else:
-        if _session is None:
-            _session = botocore.session.get_session()
-        session = _session
-    config_kwargs = dict(opts.get("config_kwargs") or {})
-    config_kwargs.setdefault("retries", {"max_attempts": 5, "mode": "standard"})
-    if opts.get("anon"):
-        config_kwargs["signature_version"] = UNSIGNED
-    kwargs: dict[str, Any] = {"config": Config(**config_kwargs)}
-    if opts.get("endpoint_url"):
-        kwargs["endpoint_url"] = opts["endpoint_url"]
-    if opts.get("key"):
-        kwargs["aws_access_key_id"] = opts["key"]
-        kwargs["aws_secret_access_key"] = opts.get("secret") or ""
-        if opts.get("token"):
-            kwargs["aws_session_token"] = opts["token"]
-    kwargs.update(opts.get("client_kwargs") or {})
-    return session.create_client("s3", **kwargs)
 
 
 class S3RangeFile(io.RawIOBase):

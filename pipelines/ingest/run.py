@@ -29,7 +29,7 @@ from pipelines.logs import get_logger
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
-    pass
+    from pathlib import Path
 
 # The conversion's modules (anndata, zarr, h5py, pandas: seconds to import) are imported
 # where they are used, so that an ingest can start hashing and start its workers first.
@@ -99,7 +99,7 @@ def ingest(settings: Settings, uri: str, *, client: Any = None) -> IngestResult:
 @dataclass
 class _Run:
     """What the phases of one ingest share: the settings and lake, the upload, the Dask client
-    (``None`` until a cluster is needed), the I/O thread, timings and the start time."""
+    (``None`` until a cluster is needed), the I/O thread, the spool file, timings and the start time."""
 
     settings: Settings
     lake: Lake
@@ -107,6 +107,7 @@ class _Run:
     client: Any
     local_cluster: bool
     threads: ThreadPoolExecutor
+    spool: Path | None = None  # the local copy of an S3 upload made by the hash pass
     timings: dict[str, float] = field(default_factory=dict)
     t0: float = field(default_factory=time.perf_counter)
 
@@ -119,7 +120,11 @@ class _Run:
 
 def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> IngestResult:
     local_cluster = client is None and not settings.dask_address
+    # An S3 upload is read from the store once, by the hash pass, into a local file that the
+    # inspection and the local cluster's tasks read (workers elsewhere read the store).
+    spool = raw.spool_for(lake, up) if local_cluster else None
     with contextlib.ExitStack() as stack:
+        stack.callback(raw.drop_spool, spool)
 
         def start_cluster() -> Any:
             from pipelines.dask_cluster import BackgroundClient
@@ -132,8 +137,8 @@ def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> Inge
             # release the GIL, so the hash runs beside them.
             client = start_cluster()
         threads = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="sclake-ingest-io"))
-        run = _Run(settings, lake, up, client, local_cluster, threads)
-        hashing = threads.submit(run.timed, "hash", raw.fingerprint, lake, up)
+        run = _Run(settings, lake, up, client, local_cluster, threads, spool)
+        hashing = threads.submit(run.timed, "hash", raw.fingerprint, lake, up, spool)
         _load_conversion_modules()
         fp = hashing.result()
         if lake.is_published(PATHS.zarr(fp.dataset_id)):
@@ -167,7 +172,7 @@ def _convert_upload(run: _Run, fp: raw.Fingerprint) -> IngestResult:
     lake, up, timings = run.lake, run.up, run.timings
     dataset_id, sha = fp.dataset_id, fp.sha256
     zrel, raw_rel = PATHS.zarr(dataset_id), PATHS.raw(dataset_id)
-    url, opts = raw.read_location(lake, up)
+    url, opts = raw.read_location(lake, up, run.spool)
     spec = inspect_source(url, opts)
     log.info(
         "ingest %s as %s: %d cells x %d genes, counts in %s (%s), gene ids in %s",
@@ -179,9 +184,9 @@ def _convert_upload(run: _Run, fp: raw.Fingerprint) -> IngestResult:
         spec.layout,
         spec.gene_id_source,
     )
-    # Workers read the upload itself when they can reach it (a lake object, or a local file
-    # and a local cluster), so that the conversion runs while the raw copy is made and
-    # verified; the store is committed only once the copy is verified.
+    # Workers read the upload itself when they can reach it (a lake object, its spool file or
+    # a local file with a local cluster), so that the conversion runs while the raw copy is
+    # made and verified; the store is committed only once the copy is verified.
     read_upload = up.local is None or run.local_cluster
     raw_copy = run.threads.submit(run.timed, "raw_copy", raw.store_raw, lake, up, fp)
     if read_upload:

@@ -1,0 +1,205 @@
+"""An S3 upload is read from the store once; its raw copy is still verified.
+
+Measured on a real ``rclone serve s3`` of this module's own, started with its remote control
+(``--rc``): ``core/transferred`` lists the transfers the server made (every object it read
+for a GET or a server-side copy, every object written), with their bytes, so that the test
+counts the reads the server really made rather than the calls sclake meant to make. rclone
+keeps the last 100 only, so a thread collects the list while the ingest runs, and the count
+of transfers collected must equal the server's own total (else the test fails rather than
+count short).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import pytest
+
+from pipelines.dataset import open_dataset
+from pipelines.ingest import ingest, raw
+from pipelines.lake import PATHS, Lake
+from pipelines.sample import write_sample
+from pipelines.settings import Settings
+from tests.conftest import free_port, rclone_binary
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@dataclass(frozen=True)
+class Server:
+    endpoint: str
+    rc: str
+    key: str
+    secret: str
+
+    def call(self, method: str) -> dict:
+        req = urllib.request.Request(f"{self.rc}/{method}", data=b"{}", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+
+
+class Transfers:
+    """The server's transfers from entering the ``with`` block to leaving it."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.seen: dict[tuple[str, str, str], dict] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> Transfers:
+        self.server.call("core/stats-reset")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._collect()
+        transfers = [t for t in self.seen.values() if t.get("what") == "transferring"]
+        total = int(self.server.call("core/stats")["transfers"])
+        assert len(transfers) == total, f"collected {len(transfers)} of the server's {total} transfers"
+
+    def _collect(self) -> None:
+        for t in self.server.call("core/transferred")["transferred"]:
+            self.seen[(t["name"], t.get("started_at", ""), t.get("what", ""))] = t
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.05):
+            self._collect()
+
+    def bytes_read(self, name: str) -> int:
+        """Bytes the server read of object ``name`` (``bucket/key``): GETs and copies from it."""
+        return sum(
+            int(t["bytes"])
+            for t in self.seen.values()
+            if t["name"] == name and t.get("what") == "transferring" and t.get("srcFs") and not t.get("dstFs")
+        )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("s3-rc")
+    (root / "lake").mkdir()
+    port, rc_port = free_port(), free_port()
+    key, secret = "sclake" + secrets.token_hex(8), secrets.token_hex(20)
+    log = open(root.parent / f"rclone-rc-{port}.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [rclone_binary(), "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}", "--auth-key", f"{key},{secret}"]
+        + ["--rc", "--rc-addr", f"127.0.0.1:{rc_port}", "--rc-no-auth"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            socket.create_connection(("127.0.0.1", rc_port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"rclone serve s3 did not start: see {log.name}")
+            time.sleep(0.1)
+    yield Server(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{rc_port}", key, secret)
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+def lake_settings(server: Server, tmp_path: Path, prefix: str) -> Settings:
+    return Settings(
+        home=tmp_path / "home",
+        lake_uri=f"s3://lake/{prefix}",
+        s3_endpoint_url=server.endpoint,
+        s3_access_key=server.key,
+        s3_secret_key=server.secret,
+        pushgateway_url=None,
+        part_cells=256,
+        shard_cells=64,
+        dask_workers=1,
+    )
+
+
+def own_spool_files() -> list[Path]:
+    folder = Path(raw.tempfile.gettempdir()) / raw.SPOOL_DIR
+    return sorted(folder.glob(f"{os.getpid()}-*")) if folder.is_dir() else []
+
+
+def test_an_s3_upload_is_read_once(server: Server, tmp_path: Path) -> None:
+    """One GET stream (hashed into the spool) and the raw copy's server-side read: twice the
+    upload's size in all. Before the spool, the hash, the inspection and every part task
+    each read the object again (at least three times its size with the copy)."""
+    settings = lake_settings(server, tmp_path, "once")
+    lake = Lake(settings)
+    path = write_sample(tmp_path / "once.h5ad", cells=1024, genes=800, seed=41)
+    lake.put(path, "incoming/once.h5ad")
+    size = path.stat().st_size
+    with Transfers(server) as log:
+        result = ingest(settings, lake.url("incoming/once.h5ad"))
+    assert result.n_parts == 4 and not result.already
+    assert log.bytes_read("lake/once/incoming/once.h5ad") == 2 * size
+    assert log.bytes_read(f"lake/once/{PATHS.raw(result.dataset_id)}") == 0  # checked by its ETag, not read
+    assert result.dataset_id == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    assert lake.read_bytes(PATHS.raw(result.dataset_id)) == path.read_bytes()
+    assert not lake.exists("incoming/once.h5ad")
+    back = open_dataset(lake, result.dataset_id).to_anndata()
+    assert (back.X != ad.read_h5ad(path).X).nnz == 0
+    assert own_spool_files() == []
+
+
+def test_a_damaged_raw_copy_is_found_and_replaced(server: Server, tmp_path: Path) -> None:
+    """A raw/ object of the upload's size but other bytes (one byte flipped) is read back,
+    found wrong by the XXH3 of the spooled stream, and copied again."""
+    settings = lake_settings(server, tmp_path, "damaged")
+    lake = Lake(settings)
+    path = write_sample(tmp_path / "damaged.h5ad", cells=600, genes=700, seed=42)
+    data = path.read_bytes()
+    dataset_id = hashlib.sha256(data).hexdigest()[:16]
+    damaged = bytearray(data)
+    damaged[len(damaged) // 2] ^= 0xFF
+    lake.write_bytes(PATHS.raw(dataset_id), bytes(damaged))
+    lake.put(path, "incoming/damaged.h5ad")
+    with Transfers(server) as log:
+        result = ingest(settings, lake.url("incoming/damaged.h5ad"))
+    assert result.dataset_id == dataset_id
+    assert lake.read_bytes(PATHS.raw(dataset_id)) == data
+    assert log.bytes_read(f"lake/damaged/{PATHS.raw(dataset_id)}") == len(data)  # the damaged copy, read back
+    assert log.bytes_read("lake/damaged/incoming/damaged.h5ad") == 2 * len(data)
+    assert lake.is_published(PATHS.zarr(dataset_id))
+    assert own_spool_files() == []
+
+
+def test_spool_files_of_dead_processes_are_removed(settings_s3: Settings, tmp_path: Path) -> None:
+    lake = Lake(settings_s3)
+    path = write_sample(tmp_path / "s.h5ad", cells=40, genes=200, seed=43)
+    lake.put(path, "incoming/s.h5ad")
+    up = raw.resolve_upload(lake, "incoming/s.h5ad")
+    folder = Path(raw.tempfile.gettempdir()) / raw.SPOOL_DIR
+    folder.mkdir(exist_ok=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = folder / f"{dead.pid}-0123456789abcdef.h5ad"  # a killed ingest's
+    stale.write_bytes(b"x")
+    spool = raw.spool_for(lake, up)
+    assert spool is not None and spool.name.startswith(f"{os.getpid()}-")
+    assert not stale.exists()
+    fp = raw.fingerprint(lake, up, spool)
+    assert spool.read_bytes() == path.read_bytes() and fp.size == path.stat().st_size
+    raw.drop_spool(spool)
+    assert not spool.exists()
+    # Local files are read where they are; a lake on file:// has no spool either.
+    assert raw.spool_for(lake, raw.resolve_upload(lake, str(path))) is None
