@@ -184,13 +184,17 @@ def test_s3_upload_replaced_during_the_hash_is_refused(settings_s3: Settings, tm
     up = raw.resolve_upload(lake, "incoming/a.h5ad")
     stream = raw._stream_digests
 
-    def replaced_midway(f, *, sha):
-        lake.put(second, "incoming/a.h5ad")  # the user uploads again while the first is being read
-        return stream(f, sha=sha)
+    uploads = [second, first]
+
+    def replaced_midway(f, *, sha, out=None):
+        lake.put(uploads.pop(0), "incoming/a.h5ad")  # the user uploads again while the first is being read
+        return stream(f, sha=sha, out=out)
 
     monkeypatch.setattr(raw, "_stream_digests", replaced_midway)
     with pytest.raises(LakeError, match="was replaced while it was read"):
         raw.fingerprint(lake, up)
+    with pytest.raises(LakeError, match="was replaced while it was read"):  # the same when the read is spooled
+        raw.fingerprint(lake, up, tmp_path / "spool.h5ad")
 
 
 def test_parts_are_of_equal_size_and_at_most_part_cells() -> None:

@@ -132,6 +132,36 @@ def test_large_objects_are_copied_on_s3(settings_s3, tmp_path, monkeypatch, limi
     assert lake.read_bytes("zarr/big.zarr/zarr.json") == b"{}"
 
 
+@pytest.mark.integration
+def test_copy_object_checks_the_source_etag_and_waits_as_long_as_the_size_needs(settings_s3) -> None:
+    """A copy asked for from an ETag the source no longer has is refused (``CopySourceIfMatch``)
+    or, where the server ignores the condition (rclone's does), answers the copy's other ETag,
+    which the raw copy's check compares; a missing source is FileNotFoundError; the request's
+    read timeout grows with the object (a CopyObject answers once the server has copied it)."""
+    import pipelines.lake
+    from pipelines.errors import LakeError
+    from pipelines.lake_store import s3_client
+
+    lake = Lake(settings_s3)
+    lake.write_bytes("incoming/e.bin", b"first")
+    etag = lake.etag(lake.path("incoming/e.bin"))
+    assert lake.copy_in(lake.path("incoming/e.bin"), "raw/e.bin", 5, if_match=etag) == etag
+    lake.write_bytes("incoming/e.bin", b"second")
+    try:
+        copied = lake.copy_in(lake.path("incoming/e.bin"), "raw/e2.bin", 6, if_match=etag)
+    except LakeError as e:
+        assert "changed" in str(e) and not lake.exists("raw/e2.bin")
+    else:
+        assert copied != etag and lake.read_bytes("raw/e2.bin") == b"second"
+    with pytest.raises(FileNotFoundError):
+        lake.copy_in(lake.path("incoming/none.bin"), "raw/none.bin", 1)
+    size = 2 * 2**30
+    want = size / pipelines.lake.COPY_TIMEOUT_RATE
+    assert want > pipelines.lake.COPY_TIMEOUT_FLOOR
+    assert s3_client(lake.storage_options, read_timeout=want).meta.config.read_timeout == want
+    assert s3_client(lake.storage_options).meta.config.read_timeout != want
+
+
 def test_commits_leave_no_empty_staging_folders(settings_file, tmp_path) -> None:
     lake = Lake(settings_file)
     root = Path(lake.path(""))
