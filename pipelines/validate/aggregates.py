@@ -80,10 +80,16 @@ class PartAccumulator:
         if n_vars != self.n_vars:
             raise ValueError(f"block of part {self.part} has {n_vars} columns; expected {self.n_vars}")
         values, csr, n_implicit = _stored(block)
-        nan = np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
-        inf = np.isinf(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
-        finite_mask = ~(nan | inf)
-        finite = values[finite_mask].astype(np.float64, copy=False)
+        floating = values.dtype.kind == "f"
+        nan = np.isnan(values) if floating else None
+        inf = np.isinf(values) if floating else None
+        n_nan, n_inf = (int(nan.sum()), int(inf.sum())) if floating else (0, 0)
+        if n_nan or n_inf:
+            finite_mask = ~(nan | inf)
+            finite, clean = values[finite_mask], np.where(finite_mask, values, 0)
+        else:  # the usual case: no copies (a float32 value is whole in float32 exactly when it is in float64)
+            finite = clean = values
+        del nan, inf
         nonint = finite != np.round(finite)
         negative = finite < 0
         lo = float(finite.min()) if finite.size else np.nan
@@ -92,7 +98,6 @@ class PartAccumulator:
             lo = 0.0 if np.isnan(lo) else min(lo, 0.0)
             hi = 0.0 if np.isnan(hi) else max(hi, 0.0)
         self.lo, self.hi = _extreme(self.lo, lo, min), _extreme(self.hi, hi, max)
-        clean = np.where(finite_mask, values, 0).astype(np.float64, copy=False)
         positive = clean > 0
         if csr is not None:
             rows = np.repeat(np.arange(n_cells), np.diff(csr.indptr))
@@ -103,9 +108,9 @@ class PartAccumulator:
         else:
             grid = clean.reshape(n_cells, n_vars)
             pos = positive.reshape(n_cells, n_vars)
-            total, n_genes = grid.sum(axis=1), pos.sum(axis=1).astype(np.int64)
+            total, n_genes = grid.sum(axis=1, dtype=np.float64), pos.sum(axis=1).astype(np.int64)
             self.gene_cells += pos.sum(axis=0).astype(np.int64)
-            self.gene_counts += grid.sum(axis=0)
+            self.gene_counts += grid.sum(axis=0, dtype=np.float64)
         self.n_cells += n_cells
         self.totals.append(np.asarray(total, dtype=np.float64))
         self.genes.append(np.asarray(n_genes, dtype=np.int64))
@@ -113,14 +118,14 @@ class PartAccumulator:
         c["nnz"] += int(values.size if csr is not None else np.count_nonzero(values))
         c["n_negative"] += int(negative.sum())
         c["n_nonint"] += int(nonint.sum())
-        c["n_nan"] += int(nan.sum())
-        c["n_inf"] += int(inf.sum())
+        c["n_nan"] += n_nan
+        c["n_inf"] += n_inf
         if self.n_nonint_kept < FRACTION_SAMPLE:
-            take = finite[nonint][: FRACTION_SAMPLE - self.n_nonint_kept]
+            take = finite[nonint][: FRACTION_SAMPLE - self.n_nonint_kept].astype(np.float64)
             self.nonint.append(take)
             self.n_nonint_kept += take.size
         if len(self.negative) < EXAMPLES:
-            self.negative.extend(float(v) for v in finite[negative][: EXAMPLES - len(self.negative)])
+            self.negative.extend(float(v) for v in finite[negative][: EXAMPLES - len(self.negative)].astype(np.float64))
 
     def summary(self) -> PartSummary:
         """The part's summary (what :func:`summarise_block` returns for the whole part)."""
