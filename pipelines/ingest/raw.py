@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,7 @@ def spool_for(lake: Lake, up: Upload) -> Path | None:
 
     ``None`` for uploads that are local files already, and when the temporary folder's file
     system lacks the upload's size plus :data:`SPOOL_HEADROOM` (the tasks then read the
-    store). The file is named after this process (``<pid>-<name>``); spool files of
+    store). The file is named after this process (``<pid>-<random>.h5ad``); spool files of
     processes that no longer run (a killed ingest) are removed here. The caller removes
     its own with :func:`drop_spool`.
     """
@@ -185,7 +186,7 @@ def spool_for(lake: Lake, up: Upload) -> Path | None:
             old.unlink(missing_ok=True)
     if shutil.disk_usage(folder).free < size(lake, up) + SPOOL_HEADROOM:
         return None
-    return folder / f"{os.getpid()}-{hashlib.sha256(up.uri.encode()).hexdigest()[:16]}.h5ad"
+    return folder / f"{os.getpid()}-{uuid.uuid4().hex[:16]}.h5ad"
 
 
 def drop_spool(spool: Path | None) -> None:

@@ -1,11 +1,12 @@
 """``ingest(settings, uri)``: an upload becomes ``raw/<id>.h5ad`` and ``zarr/<id>.zarr``.
 
-Steps: locate the upload and hash it (the dataset id); if that dataset is published,
-stop (nothing is computed twice). Otherwise inspect the file (refusing unusable ones
-with ``InputError`` before anything is copied), copy it to ``raw/`` and verify the copy,
-convert it part by part with Dask tasks into a staged Zarr store
-(:mod:`pipelines.ingest.store`), publish the store atomically, write the obs table
-(:mod:`pipelines.ingest.cells`), and only then remove the upload from ``incoming/``.
+Steps: locate the upload and hash it (the dataset id; an S3 upload is spooled to a local
+file by the same read, and nothing reads it from the store again when the local cluster
+converts it); if that dataset is published, stop (nothing is computed twice). Otherwise
+inspect the file (refusing unusable ones with ``InputError`` before anything is copied),
+copy it to ``raw/`` and verify the copy, convert it part by part with Dask tasks into a
+staged Zarr store (:mod:`pipelines.ingest.store`), publish the store atomically, write the
+obs table (:mod:`pipelines.ingest.cells`), and only then remove the upload from ``incoming/``.
 
 A crashed run leaves nothing visible: the store is staged under ``_staging/`` and parts
 finished before the crash are kept there, so running again converts only what is left.
