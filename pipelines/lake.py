@@ -332,19 +332,20 @@ class Lake:
         self._prune_staging(Path(tmp).parent)
 
     def _prune_staging(self, folder: Path) -> None:
-        """Remove the empty folders a commit left under ``_staging/`` (``file://``), ``_staging`` too.
+        """Remove the empty folders a commit left under ``_staging/`` (``file://``).
 
-        Only empty folders go (``rmdir``); a folder another writer is filling stays.
+        Only empty folders go (``rmdir``); a folder another writer is filling stays. ``_staging``
+        and its first level (``_staging/zarr``, ``_staging/embeddings``, ...) stay too: other
+        writers, Dask workers among them, create their folders under them at any moment, and
+        a parent removed between two steps of their ``makedirs`` fails them.
         """
         root = Path(self.path(STAGING))
-        while folder == root or folder.is_relative_to(root):
+        while folder.is_relative_to(root) and folder.parent != root and folder != root:
             try:
                 folder.rmdir()
             except OSError:  # not empty (or already gone: then its parent may be empty)
                 if folder.exists():
                     return
-            if folder == root:
-                return
             folder = folder.parent
 
     # -- atomic publish -------------------------------------------------------------------------------
