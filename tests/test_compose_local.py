@@ -114,10 +114,21 @@ def test_every_service_healthy(stack):
 
 @pytest.fixture(scope="module")
 def upload(stack):
-    """A sample upload followed to embeddings: the demo's result, and when it started."""
-    since = int(time.time())
-    out = stack["demo"].run(cells=CELLS, genes=4000, seed=7, timeout=900, echo=print)
-    return {**out, "since": since, "until": int(time.time()) + 1}
+    """A sample upload followed to embeddings: the demo's result, and the step containers started
+    meanwhile. They are watched live: dockerd keeps only its latest events, and the stack's
+    health checks soon push older ones out on a busy machine."""
+    watch = subprocess.Popen(
+        ["docker", "events", "--filter", "type=container", "--filter", "event=start",
+         "--filter", f"label={STEP_LABEL}", "--format", '{{index .Actor.Attributes "' + STEP_LABEL + '"}}'],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        out = stack["demo"].run(cells=CELLS, genes=4000, seed=7, timeout=900, echo=print)
+        time.sleep(2)  # the last events reach the watcher
+    finally:
+        watch.terminate()
+        started, _ = watch.communicate(timeout=30)
+    return {**out, "step_containers": started.split()}
 
 
 def test_upload_flows_to_parquet_through_celery_and_step_containers(stack, upload):
@@ -137,29 +148,7 @@ def test_upload_flows_to_parquet_through_celery_and_step_containers(stack, uploa
             operators.add(ti["operator"])
     assert any("DockerOperator" in op for op in operators), operators
 
-    r = subprocess.run(
-        [
-            "docker",
-            "events",
-            "--since",
-            str(upload["since"]),
-            "--until",
-            str(upload["until"]),
-            "--filter",
-            "type=container",
-            "--filter",
-            "event=start",
-            "--filter",
-            f"label={STEP_LABEL}",
-            "--format",
-            '{{index .Actor.Attributes "' + STEP_LABEL + '"}}',
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    steps = set(r.stdout.split())  # the `sclake step` names: ingest_upload, validate_upload, embed
+    steps = set(upload["step_containers"])  # the `sclake step` names: ingest_upload, validate_upload, embed
     assert "embed" in steps and any(step.startswith("ingest") for step in steps), steps
 
 
