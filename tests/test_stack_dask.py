@@ -125,3 +125,19 @@ def test_no_address_is_exported_without_workers(env: dict[str, str]) -> None:
     status = sclake(env, "stack", "status", "--json")
     states = {r["name"]: r["state"] for r in json.loads(status.stdout)}
     assert states == {"s3": "running", "dask-scheduler": "running", "dask-worker": "not started"}, states
+
+
+@pytest.mark.integration
+def test_a_taken_dashboard_port_fails_up_with_the_setting_to_change(env: dict[str, str]) -> None:
+    """Dask would quietly serve its dashboard elsewhere, and the health checks would ask whatever
+    holds the port (another cluster's dashboard, e.g. a notebook's LocalCluster on 8787)."""
+    import socket
+
+    port = int(env["SCLAKE_STACK_DASK_DASHBOARD_PORT"])
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        up = sclake(env | {"SCLAKE_STACK_ONLY": "dask-scheduler"}, "stack", "up")
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert f"dask-scheduler: port {port} on 127.0.0.1 is taken" in up.stderr, up.stderr
+    assert "SCLAKE_STACK_DASK_DASHBOARD_PORT" in up.stderr

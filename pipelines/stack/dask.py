@@ -109,6 +109,9 @@ def scheduler_service(settings: Settings) -> Service:
         ],
         host=host,
         port=settings.stack_dask_scheduler_port,
+        # Dask would serve its dashboard on another port when this one is taken, and the
+        # health checks would then ask whatever holds it (another cluster's dashboard).
+        more_ports={settings.stack_dask_dashboard_port: "SCLAKE_STACK_DASK_DASHBOARD_PORT"},
         health_url=f"http://{host}:{settings.stack_dask_dashboard_port}/health",
         link=dashboard_url(settings),
         env=_environ(),

@@ -52,7 +52,9 @@ class Service:
     reported as unavailable (``optional`` services) or fails ``up`` with a clear message.
     ``port`` is ``None`` for a service that listens on no fixed port (Dask workers);
     ``link`` is the address shown for it when ``http://host:port`` is not the one to open;
-    ``health`` replaces the default check (``health_url``, else the port accepting connections).
+    ``health`` replaces the default check (``health_url``, else the port accepting connections);
+    ``more_ports`` are further ports it listens on, each with the setting that moves it (a
+    taken one fails ``up`` before the start: its health check would ask the other process).
     """
 
     name: str
@@ -69,6 +71,7 @@ class Service:
     prepare: Callable[[], None] | None = None
     after_start: Callable[[], None] | None = None
     install_hint: str = ""
+    more_ports: dict[int, str] = field(default_factory=dict)
 
     @property
     def available(self) -> bool:
@@ -150,11 +153,15 @@ class ProcessManager:
             raise ConfigError(
                 f"{svc.name} runs (pid {self.pid(svc.name)}) but is not healthy; see {self.log_file(svc.name)}"
             )
-        if svc.port is not None and port_open(svc.host, svc.port):
-            raise ConfigError(
-                f"{svc.name}: port {svc.port} on {svc.host} is taken by another process; stop it or set "
-                f"SCLAKE_STACK_{svc.name.upper().replace('-', '_')}_PORT to a free port"
-            )
+        ports = dict(svc.more_ports)
+        if svc.port is not None:
+            ports[svc.port] = f"SCLAKE_STACK_{svc.name.upper().replace('-', '_')}_PORT"
+        for port, setting in ports.items():
+            if port_open(svc.host, port):
+                raise ConfigError(
+                    f"{svc.name}: port {port} on {svc.host} is taken by another process; stop it or set "
+                    f"{setting} to a free port"
+                )
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if svc.prepare:
