@@ -333,7 +333,8 @@ def write_sample(
     def blocks():
         for b, start in enumerate(range(0, cells, block_cells)):
             stop = min(start + block_cells, cells)
-            block_rng = np.random.default_rng(np.random.SeedSequence([seed, 1, b] if not batch else [seed, 3, batch, b]))
+            key = [seed, 1, b] if not batch else [seed, 3, batch, b]  # batch 0 keeps the default sample's bytes
+            block_rng = np.random.default_rng(np.random.SeedSequence(key))
             yield draw_block(model, types[start:stop], donors[start:stop], block_rng)
             progress.advance(stop - start)
 
