@@ -31,6 +31,7 @@ from pipelines.validate import (
     validated_cells,
 )
 from pipelines.validate.aggregates import summarise_block
+from pipelines.validate.cell_checks import PER_CELL_SUITES
 from pipelines.validate.suites import DATASET_SUITES, EMBEDDING_SUITE, SCHEMAS_ENV, gx_suite, load_suite
 
 
@@ -106,6 +107,63 @@ def test_part_summary_matches_numpy() -> None:
 # -- outcomes, reports, validated cells -----------------------------------------------------------
 
 
+def _whole_and_by_part(tmp_path: Path, ids: list, n_genes: np.ndarray, bounds: list[int]) -> tuple[dict, dict, dict]:
+    """The per-cell suites' results over the whole table (one GX run) and merged over parts (``bounds``)."""
+    from pipelines.validate.aggregates import PartSummary
+    from pipelines.validate.cell_checks import CellChecks, part_tables
+    from pipelines.validate.gx_runner import SuiteRunner
+    from pipelines.validate.suites import thresholds
+
+    totals = n_genes.astype(np.float64) * 2
+    runner = SuiteRunner(tmp_path / "docs")
+    whole = part_tables(0, pa.array(ids, pa.string()), PartSummary(0, totals, n_genes, np.zeros(1), np.zeros(1)))
+    expected = {name: runner.run(name, whole[name], thresholds(name)) for name in PER_CELL_SUITES}
+    checks = CellChecks(runner, "d")
+    pieces = list(zip(bounds[:-1], bounds[1:], strict=True))
+    for part, (a, b) in reversed(list(enumerate(pieces))):  # in any order, as Dask delivers them
+        summary = PartSummary(part, totals[a:b], n_genes[a:b], np.zeros(1), np.zeros(1))
+        checks.add(part, pa.array(ids[a:b], pa.string()), summary)
+    merged, facts = checks.finish(lambda part: pa.array(ids[pieces[part][0] : pieces[part][1]], pa.string()))
+    return expected, merged, facts
+
+
+def test_per_cell_suites_by_part_equal_the_whole_table(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    ids = [f"c{i}" for i in range(300)]
+    ids[250] = ids[3]  # the same id in the first and last parts
+    ids[251] = ids[4]
+    ids[120], ids[121] = None, ""  # missing ids
+    n_genes = rng.integers(30, 90, 300)
+    n_genes[:100] = 5  # the whole first part is below min_genes: that part alone fails `mostly`
+    expected, merged, facts = _whole_and_by_part(tmp_path, ids, n_genes, [0, 100, 200, 300])
+    for name in PER_CELL_SUITES:
+        got = {(c.expectation, c.code): c for c in merged[name]}
+        for want in expected[name]:
+            c = got[(want.expectation, want.code)]
+            assert c.success == want.success, (name, want.code)
+            for key in ("element_count", "unexpected_count", "missing_count", "observed_value"):
+                assert c.observed.get(key) == want.observed.get(key), (name, want.code, key)
+            if "unexpected_percent" in want.observed:
+                assert c.observed["unexpected_percent"] == pytest.approx(want.observed["unexpected_percent"])
+    codes = {c.code: c for c in merged["sclake.obs"] + merged["sclake.cells"]}
+    assert not codes["duplicate_cell_ids"].success and codes["duplicate_cell_ids"].observed["unexpected_count"] == 4
+    assert codes["mostly_empty_cells"].success  # 2/3 of the cells are kept: the dataset passes `mostly`
+    assert not codes["low_gene_cells_dropped"].success
+    assert facts == {"n_missing_ids": 2, "n_duplicate_ids": 4, "duplicate_examples": ["c3", "c4"]}
+    assert merged["sclake.obs"][0].observed["observed_value"] == 300
+
+
+def test_per_cell_suites_without_parts(tmp_path: Path) -> None:
+    from pipelines.validate.cell_checks import CellChecks
+    from pipelines.validate.gx_runner import SuiteRunner
+
+    checks = CellChecks(SuiteRunner(tmp_path / "docs"), "d")
+    merged, facts = checks.finish(lambda part: pa.array([], pa.string()))
+    rows = [c for c in merged["sclake.obs"] if c.expectation == "expect_table_row_count_to_be_between"]
+    assert not rows[0].success and rows[0].code == "no_cells"
+    assert facts["n_missing_ids"] == 0 and facts["n_duplicate_ids"] == 0
+
+
 def test_valid_dataset_passes_and_publishes_reports(settings: Settings, client, tmp_path: Path) -> None:
     dataset_id = ingested(settings, write_sample(tmp_path / "ok.h5ad", cells=150, genes=500, seed=1), client)
     result = validate_dataset(settings, dataset_id, model=MODEL, client=client)
@@ -125,9 +183,16 @@ def test_valid_dataset_passes_and_publishes_reports(settings: Settings, client, 
     index = lake.read_bytes(result.data_docs).decode()
     assert "<html" in index.lower()
     pages = lake.ls(f"{folder}/data_docs", recursive=True, suffix=".html")
-    for name in DATASET_SUITES:  # one page per suite and one per validation result
+    for name in DATASET_SUITES:  # one page per suite and one per validation result: per part for the per-cell suites
         assert any(p.endswith(f"expectations/{name.replace('.', '/')}.html") for p in pages), name
-        assert sum(f"/validations/{name.replace('.', '/')}/" in p for p in pages) == 1, name
+        runs = 3 if name in PER_CELL_SUITES else 1
+        assert sum(f"/validations/{name.replace('.', '/')}/" in p for p in pages) == runs, name
+    for name in PER_CELL_SUITES:  # merged over the parts, with each batch's own result
+        merged = gx_results[name]
+        assert [b["part"] for b in merged["batches"]] == [0, 1, 2] and all(b["success"] for b in merged["batches"])
+        assert merged["statistics"]["batches"] == 3
+        rows = [r for r in merged["results"] if r["expectation"] == "expect_table_row_count_to_be_between"]
+        assert rows[0]["observed"]["observed_value"] == 150
 
     kept = validated_cells(lake, dataset_id)
     assert sorted(kept) == [0, 1, 2]

@@ -7,8 +7,9 @@ X is never loaded whole: each Zarr part (a few thousand cells) is summarised on 
 * a value summary of the part (min, max, NaN/inf/negative/non-integer counts), one row;
 * per-gene sums (cells expressing the gene, total counts), one vector per part, summed.
 
-and the tables the suites read are concatenations (cells, values) or sums (genes) of
-those summaries.
+The per-cell suites validate each part's cells as their own batch
+(:mod:`pipelines.validate.cell_checks`); the other tables are folded from the summaries as
+they arrive (:class:`DatasetFold`): a row per part (values) or sums (genes).
 """
 
 from __future__ import annotations
@@ -179,52 +180,67 @@ def _fraction_digits(values: np.ndarray) -> int:
     return 6
 
 
+def kept_mask(total_counts: np.ndarray, n_genes: np.ndarray, min_genes: int) -> np.ndarray:
+    """Cells that go on to embedding: counts > 0 and at least ``min_genes`` genes detected."""
+    return (np.asarray(total_counts) > 0) & (np.asarray(n_genes) >= min_genes)
+
+
 @dataclass
 class Aggregates:
-    """The tables the dataset suites validate (see ``schemas/expectations/``)."""
+    """What the dataset suites and the reasons read, once every part is folded in."""
 
-    cells: pd.DataFrame  # part, row, total_counts, n_genes
-    values: pd.DataFrame  # one row per part
+    values: pd.DataFrame  # one row per part, in part order
     gene_cells: np.ndarray
     gene_counts: np.ndarray
     nonint_examples: list[float]
     negative_examples: list[float]
+    n_cells: int = 0
+    n_empty: int = 0
+    n_kept: int = 0
 
-    @property
-    def n_cells(self) -> int:
-        return len(self.cells)
 
+class DatasetFold:
+    """Folds part summaries, in any order, into :class:`Aggregates` as they arrive.
 
-def combine(summaries: list[PartSummary], n_vars: int) -> Aggregates:
-    """Concatenate per-part summaries (in part order) into the aggregate tables."""
-    summaries = sorted(summaries, key=lambda s: s.part)
-    cells = pd.DataFrame(
-        {
-            "part": np.concatenate([np.full(len(s.total_counts), s.part, np.int32) for s in summaries] or [[]]).astype(
-                np.int32
-            ),
-            "row": np.concatenate([np.arange(len(s.total_counts), dtype=np.int32) for s in summaries] or [[]]).astype(
-                np.int32
-            ),
-            "total_counts": np.concatenate([s.total_counts for s in summaries] or [[]]).astype(np.float64),
-            "n_genes": np.concatenate([s.n_genes for s in summaries] or [[]]).astype(np.int64),
-        }
-    )
-    columns = ["part", "n_cells", "nnz", "min", "max", "n_negative", "n_nonint", "n_nan", "n_inf"]
-    values = pd.DataFrame([s.values for s in summaries], columns=[*columns, "max_fraction_digits"])
-    gene_cells = np.zeros(n_vars, np.int64)
-    gene_counts = np.zeros(n_vars, np.float64)
-    for s in summaries:
-        gene_cells += s.gene_cells
-        gene_counts += s.gene_counts
-    return Aggregates(
-        cells=cells,
-        values=values,
-        gene_cells=gene_cells,
-        gene_counts=gene_counts,
-        nonint_examples=[v for s in summaries for v in s.nonint_examples][:EXAMPLES],
-        negative_examples=[v for s in summaries for v in s.negative_examples][:EXAMPLES],
-    )
+    Holds the gene sums (two vectors), one row of value statistics per part and counts of
+    cells: nothing per cell, so the memory does not grow with the number of cells.
+    """
+
+    VALUE_COLUMNS = ("part", "n_cells", "nnz", "min", "max", "n_negative", "n_nonint", "n_nan", "n_inf")
+
+    def __init__(self, n_vars: int, min_genes: int) -> None:
+        self.min_genes = int(min_genes)
+        self.gene_cells = np.zeros(n_vars, np.int64)
+        self.gene_counts = np.zeros(n_vars, np.float64)
+        self.rows: dict[int, dict[str, float | int]] = {}
+        self.examples: dict[int, tuple[list[float], list[float]]] = {}
+        self.n_cells = self.n_empty = self.n_kept = 0
+
+    def add(self, s: PartSummary) -> np.ndarray:
+        """Fold in one part; returns its cells' kept mask."""
+        self.gene_cells += s.gene_cells
+        self.gene_counts += s.gene_counts
+        self.rows[s.part] = s.values
+        self.examples[s.part] = (s.nonint_examples, s.negative_examples)
+        kept = kept_mask(s.total_counts, s.n_genes, self.min_genes)
+        self.n_cells += len(kept)
+        self.n_empty += int((np.asarray(s.total_counts) <= 0).sum())
+        self.n_kept += int(kept.sum())
+        return kept
+
+    def result(self) -> Aggregates:
+        parts = sorted(self.rows)
+        values = pd.DataFrame([self.rows[p] for p in parts], columns=[*self.VALUE_COLUMNS, "max_fraction_digits"])
+        return Aggregates(
+            values=values,
+            gene_cells=self.gene_cells,
+            gene_counts=self.gene_counts,
+            nonint_examples=[v for p in parts for v in self.examples[p][0]][:EXAMPLES],
+            negative_examples=[v for p in parts for v in self.examples[p][1]][:EXAMPLES],
+            n_cells=self.n_cells,
+            n_empty=self.n_empty,
+            n_kept=self.n_kept,
+        )
 
 
 def value_overview(values: pd.DataFrame) -> dict[str, float | int | None]:

@@ -1,21 +1,21 @@
 """Run the dataset suites over the aggregate tables and turn the results into a :class:`ValidationResult`.
 
-This module knows nothing about Zarr or the lake: it takes cell ids, gene ids and the
-per-part summaries, so it can be exercised on any matrix.
+This module knows nothing about Zarr or the lake: it takes gene ids, the folded per-part
+summaries and the merged results of the per-cell suites (:mod:`pipelines.validate.cell_checks`),
+so it can be exercised on any matrix.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipelines.validate.aggregates import Aggregates, value_overview
-from pipelines.validate.gx_runner import SuiteRunner
+from pipelines.validate.gx_runner import CheckResult, SuiteRunner
 from pipelines.validate.outcome import FAIL, ValidationResult, decide, reason_for
 from pipelines.validate.suites import DATASET_SUITES, load_suite, thresholds
 from pipelines.validate.vocabulary import in_vocabulary
@@ -27,7 +27,6 @@ class Inputs:
 
     dataset_id: str
     model: str
-    cell_ids: np.ndarray | pd.Series  # str (or None), e.g. an Arrow-backed string Series
     gene_ids: np.ndarray  # object array of str (or None)
     vocabulary: frozenset[str]
     mapping: dict[str, str]
@@ -41,10 +40,7 @@ def _duplicates(ids: pd.Series) -> tuple[int, list[str]]:
 
 
 def tables(inputs: Inputs, agg: Aggregates) -> dict[str, pd.DataFrame]:
-    """The four tables the dataset suites validate, by suite name."""
-    ids = inputs.cell_ids
-    ids = ids.reset_index(drop=True) if isinstance(ids, pd.Series) else pd.Series(ids, dtype=object)
-    obs = pd.DataFrame({"cell_id": ids}, copy=False)
+    """The tables the whole-dataset suites validate, by suite name (the per-cell suites go part by part)."""
     var = pd.DataFrame(
         {
             "gene_id": pd.Series(inputs.gene_ids, dtype=object),
@@ -53,26 +49,19 @@ def tables(inputs: Inputs, agg: Aggregates) -> dict[str, pd.DataFrame]:
             "total_counts": agg.gene_counts if len(agg.gene_counts) == len(inputs.gene_ids) else 0.0,
         }
     )
-    return {"sclake.obs": obs, "sclake.var": var, "sclake.cells": agg.cells, "sclake.values": agg.values}
+    return {"sclake.var": var, "sclake.values": agg.values}
 
 
-def kept_mask(cells: pd.DataFrame, min_genes: int) -> np.ndarray:
-    """Cells that go on to embedding: counts > 0 and at least ``min_genes`` genes detected."""
-    return (cells["total_counts"].to_numpy() > 0) & (cells["n_genes"].to_numpy() >= min_genes)
-
-
-def facts(inputs: Inputs, agg: Aggregates, tabs: dict[str, pd.DataFrame], limits: dict[str, Any]) -> dict[str, Any]:
+def facts(
+    inputs: Inputs, agg: Aggregates, var: pd.DataFrame, cell_facts: dict[str, Any], limits: dict[str, Any]
+) -> dict[str, Any]:
     """Numbers the reasons and the report quote (all plain JSON values)."""
-    obs, var = tabs["sclake.obs"], tabs["sclake.var"]
-    ids = obs["cell_id"]
-    n_dup_cells, dup_cells = _duplicates(ids)
     n_dup_genes, dup_genes = _duplicates(var["gene_id"])
     pattern = limits["ensembl_pattern"]
     gene_str = var["gene_id"].astype("string")
     is_ensembl = gene_str.str.match(pattern).fillna(False).to_numpy(dtype=bool)
     n_genes = len(var)
-    kept = kept_mask(agg.cells, int(limits["min_genes"]))
-    n_cells = len(agg.cells)
+    n_cells = agg.n_cells
     return {
         "dataset_id": inputs.dataset_id,
         "model": inputs.model,
@@ -84,13 +73,13 @@ def facts(inputs: Inputs, agg: Aggregates, tabs: dict[str, pd.DataFrame], limits
         "negative_examples": agg.negative_examples,
         "cells": {
             "n_cells": n_cells,
-            "n_missing_ids": int(ids.isna().sum() + (ids.astype("string").str.len() == 0).sum()),
-            "n_duplicate_ids": n_dup_cells,
-            "duplicate_examples": dup_cells,
-            "n_kept": int(kept.sum()),
-            "n_dropped": int(n_cells - kept.sum()),
-            "n_empty": int((agg.cells["total_counts"].to_numpy() <= 0).sum()),
-            "dropped_share": float((n_cells - kept.sum()) / n_cells) if n_cells else 0.0,
+            "n_missing_ids": int(cell_facts["n_missing_ids"]),
+            "n_duplicate_ids": int(cell_facts["n_duplicate_ids"]),
+            "duplicate_examples": list(cell_facts["duplicate_examples"]),
+            "n_kept": agg.n_kept,
+            "n_dropped": n_cells - agg.n_kept,
+            "n_empty": agg.n_empty,
+            "dropped_share": float((n_cells - agg.n_kept) / n_cells) if n_cells else 0.0,
         },
         "genes": {
             "n_genes": n_genes,
@@ -137,21 +126,27 @@ def _warnings(f: dict[str, Any], limits: dict[str, Any]) -> list[str]:
     return out
 
 
-def run_checks(inputs: Inputs, agg: Aggregates, docs_dir: Path) -> tuple[ValidationResult, np.ndarray, SuiteRunner]:
-    """Validate the tables with every dataset suite; returns the result, the kept-cell mask and the runner.
-
-    The runner holds the GX results and builds the Data Docs into ``docs_dir``.
-    """
+def run_checks(
+    inputs: Inputs,
+    agg: Aggregates,
+    runner: SuiteRunner,
+    per_cell: dict[str, list[CheckResult]],
+    cell_facts: dict[str, Any],
+) -> ValidationResult:
+    """Validate the whole-dataset tables with their suites on ``runner`` and decide the outcome from
+    every dataset suite's results, the per-cell ones (``per_cell``, merged over the parts) included."""
     started = time.perf_counter()
     limits = all_limits()
     tabs = tables(inputs, agg)
-    runner = SuiteRunner(docs_dir)
     checks = []
     for name in DATASET_SUITES:
         load_suite(name)  # fail early, with the file name, on a broken suite
-        checks.extend(runner.run(name, tabs[name], thresholds(name), run_name=inputs.dataset_id))
+        if name in per_cell:
+            checks.extend(per_cell[name])
+        else:
+            checks.extend(runner.run(name, tabs[name], thresholds(name), run_name=inputs.dataset_id))
     outcome, failed, _warned = decide(checks)
-    f = facts(inputs, agg, tabs, limits)
+    f = facts(inputs, agg, tabs["sclake.var"], cell_facts, limits)
     result = ValidationResult(
         dataset_id=inputs.dataset_id,
         model=inputs.model,
@@ -179,4 +174,4 @@ def run_checks(inputs: Inputs, agg: Aggregates, docs_dir: Path) -> tuple[Validat
     else:
         result.warnings = _warnings(f, limits)
     result.duration_s = time.perf_counter() - started
-    return result, kept_mask(agg.cells, int(limits["min_genes"])), runner
+    return result

@@ -1,7 +1,8 @@
 """Run sclake's expectation suites with Great Expectations Core 1.x and render Data Docs.
 
-Each suite validates one small pandas table (the aggregates of :mod:`pipelines.validate.aggregates`)
-through a pandas data source, with the suite's thresholds passed as expectation parameters.
+Each suite validates one pandas table (the aggregates of :mod:`pipelines.validate.aggregates`, or
+one part's cells: :mod:`pipelines.validate.cell_checks`) through a pandas data source, with the
+suite's thresholds passed as expectation parameters.
 A run uses an in-memory (ephemeral) Data Context with one Data Docs site writing to a
 local folder; the caller uploads that folder to the lake. Creating an ephemeral context
 takes milliseconds (the cost of GX is its import, paid once per process), and a fresh
@@ -141,28 +142,49 @@ class SuiteRunner:
         )
         self.source = self.context.data_sources.add_pandas("sclake")
         self.raw: dict[str, Any] = {}
+        self._definitions: dict[str, Any] = {}
 
-    def run(
-        self, suite_name: str, table: Any, parameters: dict[str, Any] | None = None, *, run_name: str = "sclake"
-    ) -> list[CheckResult]:
-        """Validate a pandas table against suite ``suite_name``; returns one result per expectation."""
+    def _definition(self, suite_name: str) -> Any:
+        """The suite's validation definition over a whole-dataframe batch, made on first use."""
+        if suite_name not in self._definitions:
+            gx = self._gx
+            suite = self.context.suites.add(gx_suite(suite_name))
+            asset = self.source.add_dataframe_asset(suite_name.replace(".", "_"))
+            batch = asset.add_batch_definition_whole_dataframe("all")
+            self._definitions[suite_name] = self.context.validation_definitions.add(
+                gx.ValidationDefinition(name=suite_name, data=batch, suite=suite)
+            )
+        return self._definitions[suite_name]
+
+    def _validate(self, suite_name: str, table: Any, parameters: dict[str, Any] | None, run_name: str) -> Any:
         from great_expectations.core.run_identifier import RunIdentifier
 
-        gx = self._gx
-        suite = self.context.suites.add(gx_suite(suite_name))
-        asset = self.source.add_dataframe_asset(suite_name.replace(".", "_"))
-        batch = asset.add_batch_definition_whole_dataframe("all")
-        definition = self.context.validation_definitions.add(
-            gx.ValidationDefinition(name=suite_name, data=batch, suite=suite)
-        )
-        result = definition.run(
+        return self._definition(suite_name).run(
             batch_parameters={"dataframe": table},
             expectation_parameters=dict(parameters or {}),
             result_format="SUMMARY",
             run_id=RunIdentifier(run_name=run_name),
         )
+
+    def run(
+        self, suite_name: str, table: Any, parameters: dict[str, Any] | None = None, *, run_name: str = "sclake"
+    ) -> list[CheckResult]:
+        """Validate a pandas table against suite ``suite_name``; returns one result per expectation."""
+        result = self._validate(suite_name, table, parameters, run_name)
         self.raw[suite_name] = result
         return [_check_result(suite_name, r) for r in result.results]
+
+    def run_batch(
+        self, suite_name: str, table: Any, parameters: dict[str, Any] | None = None, *, run_name: str
+    ) -> tuple[list[CheckResult], dict[str, Any]]:
+        """Validate one batch of a table validated in several (its run goes to the Data Docs); returns the
+        results and GX's statistics of the run. The caller :meth:`record` s the merged result."""
+        result = self._validate(suite_name, table, parameters, run_name)
+        return [_check_result(suite_name, r) for r in result.results], _plain(dict(result.statistics))
+
+    def record(self, suite_name: str, merged: dict[str, Any]) -> None:
+        """The result of a suite validated in batches, as ``gx_results.json`` gives it."""
+        self.raw[suite_name] = merged
 
     def build_docs(self) -> Path:
         """Render the Data Docs site (suites and this run's validation results); returns its index.html."""
@@ -173,5 +195,6 @@ class SuiteRunner:
         return index
 
     def results_json(self) -> dict[str, Any]:
-        """Every suite's full GX validation result as JSON-ready dicts."""
-        return {name: _plain(res.to_json_dict()) for name, res in self.raw.items()}
+        """Every suite's full GX validation result as JSON-ready dicts (the merged one for a suite validated
+        in batches)."""
+        return {name: _plain(res if isinstance(res, dict) else res.to_json_dict()) for name, res in self.raw.items()}

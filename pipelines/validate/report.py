@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from pipelines import __version__, formats
 from pipelines.errors import LakeError
@@ -50,42 +48,63 @@ def _cells_schema() -> Any:
     return schema.with_metadata({**CELLS_ENCODING, b"sclake-version": __version__.encode()})
 
 
-def write_cells_table(path: Path, cells: pd.DataFrame, kept: np.ndarray, part_ids: Iterable[Any]) -> Path:
-    """Write the validated-cell table to the local file ``path``, one row group per part; returns ``path``.
+class CellsTableWriter:
+    """Writes the validated-cell table to the local file ``path``, one row group per part, parts in order.
+
+    Parts may be added in any order: one that comes before its turn waits (its ids and
+    per-cell numbers, a few tens of bytes a cell) until the parts before it are written.
 
     Parameters
     ----------
     path : Path
-    cells : pandas.DataFrame
-        ``part``, ``row``, ``total_counts``, ``n_genes`` of every cell, parts in order.
-    kept : np.ndarray
-        bool, one per cell.
-    part_ids : iterable of pyarrow.Array
-        The cell ids of each part in turn (string, nulls for missing ids), read as the table is
-        written, so that only one part's ids are held at a time.
+    order : list of int
+        The dataset's part indices, in order.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    schema = _cells_schema()
-    start = 0
-    with pq.ParquetWriter(path, schema) as out:
-        for ids in part_ids:
-            stop = start + len(ids)
-            rows = cells.iloc[start:stop]
-            columns = [
-                pa.array(rows["part"].to_numpy(), pa.int32()),
-                pa.array(rows["row"].to_numpy(), pa.int32()),
-                ids.cast(pa.string()),
-                pa.array(rows["total_counts"].to_numpy(), pa.float64()),
-                pa.array(rows["n_genes"].to_numpy(), pa.int32()),
-                pa.array(np.asarray(kept[start:stop], dtype=bool), pa.bool_()),
-            ]
-            out.write_table(pa.Table.from_arrays(columns, schema=schema))
-            start = stop
-    if start != len(cells):
-        raise ValueError(f"cell ids of {start:,} cells for a table of {len(cells):,} cells")
-    return path
+    def __init__(self, path: Path, order: list[int]) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        self.order = list(order)
+        self.next = 0
+        self.waiting: dict[int, Any] = {}
+        self.schema = _cells_schema()
+        self.out = pq.ParquetWriter(self.path, self.schema)
+
+    def add(self, part: int, ids: Any, total_counts: np.ndarray, n_genes: np.ndarray, kept: np.ndarray) -> None:
+        """One part's cells: ids (a pyarrow string array, nulls for missing ids), their numbers and kept mask."""
+        import pyarrow as pa
+
+        n = len(ids)
+        if not (len(total_counts) == len(n_genes) == len(kept) == n):
+            raise ValueError(f"part {part}: {n:,} cell ids for {len(total_counts):,} cells")
+        columns = [
+            pa.array(np.full(n, part, np.int32), pa.int32()),
+            pa.array(np.arange(n, dtype=np.int32), pa.int32()),
+            ids.cast(pa.string()),
+            pa.array(np.asarray(total_counts, np.float64), pa.float64()),
+            pa.array(np.asarray(n_genes), pa.int32()),
+            pa.array(np.asarray(kept, dtype=bool), pa.bool_()),
+        ]
+        self.waiting[int(part)] = pa.Table.from_arrays(columns, schema=self.schema)
+        while self.next < len(self.order) and self.order[self.next] in self.waiting:
+            self.out.write_table(self.waiting.pop(self.order[self.next]))
+            self.next += 1
+
+    def close(self) -> Path:
+        """Finish the file; every part must have been added. Returns ``path``."""
+        self.out.close()
+        if self.next != len(self.order):
+            missing = self.order[self.next :]
+            raise ValueError(f"validated-cell table lacks parts {missing[:5]} ({len(missing)} in all)")
+        return self.path
+
+    def __enter__(self) -> CellsTableWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            self.out.close()
 
 
 def publish(

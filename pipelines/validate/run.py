@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from pipelines.errors import LakeError
@@ -16,10 +17,12 @@ from pipelines.lake import PATHS, Lake, check_dataset_id
 from pipelines.logs import Progress, get_logger
 from pipelines.part_blocks import iter_row_blocks, parallel_parts
 from pipelines.settings import Settings
-from pipelines.validate.aggregates import PartAccumulator, PartSummary, combine
-from pipelines.validate.checks import Inputs, run_checks
+from pipelines.validate.aggregates import DatasetFold, PartAccumulator, PartSummary
+from pipelines.validate.cell_checks import CellChecks
+from pipelines.validate.checks import Inputs, all_limits, run_checks
+from pipelines.validate.gx_runner import SuiteRunner
 from pipelines.validate.outcome import FAIL, ValidationResult
-from pipelines.validate.report import publish, write_cells_table
+from pipelines.validate.report import CellsTableWriter, publish
 from pipelines.validate.vocabulary import model_vocabulary
 
 log = get_logger(__name__)
@@ -39,29 +42,35 @@ def summarise_part(url: str, storage_options: dict[str, Any], part: int) -> Part
 
 def map_parts(
     url: str, storage_options: dict[str, Any], parts: list[int], client: Any = None, *, threads: int = 1
-) -> list[PartSummary]:
-    """Summarise every part with Dask: on ``client`` when given, else in ``threads`` threads of this process."""
+) -> Iterator[PartSummary]:
+    """Summarise every part, yielding each summary as it is done (in any order): on the Dask ``client``
+    when given, else in ``threads`` threads of this process, with at most ``2 * threads`` parts
+    submitted and not yet taken, so that finished summaries don't pile up."""
     if not parts:
-        return []
+        return
     progress = Progress("validate", total=len(parts), unit="parts", logger=log)
     if client is not None:
         from distributed import as_completed
 
         futures = [client.submit(summarise_part, url, storage_options, p, pure=False) for p in parts]
-        out = []
         for fut in as_completed(futures, loop=client.loop):
-            out.append(fut.result())
+            summary = fut.result()
             fut.release()
             progress.advance(1)
+            yield summary
         progress.finish()
-        return out
-    import dask
-
-    tasks = [dask.delayed(summarise_part)(url, storage_options, p) for p in parts]
-    out = list(dask.compute(*tasks, scheduler="threads", num_workers=threads))
-    progress.advance(len(parts))
+        return
+    todo = list(parts)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sclake-validate") as pool:
+        running: set[Future] = set()
+        while todo or running:
+            while todo and len(running) < 2 * threads:
+                running.add(pool.submit(summarise_part, url, storage_options, todo.pop(0)))
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                progress.advance(1)
+                yield fut.result()
     progress.finish()
-    return out
 
 
 def part_cell_ids(ds: Any, part: int) -> pa.Array:
@@ -72,14 +81,6 @@ def part_cell_ids(ds: Any, part: int) -> pa.Array:
     obs = ds.part_group(part)["obs"]
     ids = np.asarray(read_elem(obs[obs.attrs.get("_index", "_index")]), dtype=object)
     return pa.array([None if v is None else str(v) for v in ids], pa.string())
-
-
-def _cell_ids(ds: Any) -> pd.Series:
-    """Cell ids of every part, in row order, Arrow-backed: about the ids' own bytes per cell, where
-    NumPy's object array of Python strings took about 70 bytes more."""
-    chunks = [part_cell_ids(ds, p.index) for p in ds.parts]
-    ids = pa.chunked_array(chunks, pa.string())
-    return pd.Series(ids, dtype=pd.ArrowDtype(pa.string()))
 
 
 def _gene_ids(ds: Any) -> np.ndarray:
@@ -140,36 +141,37 @@ def validate_dataset(
         )
     ds = open_dataset(lake, dataset_id)
     genes, mapping = model_vocabulary(settings, model)
-    summaries = map_parts(
-        ds.url, ds.storage_options, [p.index for p in ds.parts], client, threads=parallel_parts(settings)
-    )
-    agg = combine(summaries, ds.n_vars)
-    del summaries
-    cell_ids = _cell_ids(ds)
-    inputs = Inputs(
-        dataset_id=dataset_id,
-        model=model,
-        cell_ids=cell_ids,
-        gene_ids=_gene_ids(ds),
-        vocabulary=genes,
-        mapping=mapping,
-        counts_source=_counts_source(ds),
-        counts_searched=["layers['counts']", "layers['raw_counts']", "raw.X", "X"],
-    )
+    order = [p.index for p in ds.parts]
     with tempfile.TemporaryDirectory(prefix="sclake-docs-") as tmp:
         docs = Path(tmp) / "docs"
-        result, kept, runner = run_checks(inputs, agg, docs)
-        del inputs, cell_ids  # the cell table is written part by part, its ids read again
+        runner = SuiteRunner(docs)
+        cell_checks = CellChecks(runner, dataset_id)
+        fold = DatasetFold(ds.n_vars, int(all_limits()["min_genes"]))
+        with CellsTableWriter(Path(tmp) / "validated_cells.parquet", order) as table:
+            for s in map_parts(ds.url, ds.storage_options, order, client, threads=parallel_parts(settings)):
+                ids = part_cell_ids(ds, s.part)
+                kept = fold.add(s)
+                cell_checks.add(s.part, ids, s)
+                table.add(s.part, ids, s.total_counts, s.n_genes, kept)
+                del s, ids, kept
+            cells_table = table.close()
+        per_cell, cell_facts = cell_checks.finish(lambda part: part_cell_ids(ds, part))
+        inputs = Inputs(
+            dataset_id=dataset_id,
+            model=model,
+            gene_ids=_gene_ids(ds),
+            vocabulary=genes,
+            mapping=mapping,
+            counts_source=_counts_source(ds),
+            counts_searched=["layers['counts']", "layers['raw_counts']", "raw.X", "X"],
+        )
+        result = run_checks(inputs, fold.result(), runner, per_cell, cell_facts)
         runner.build_docs()
         final = PATHS.validation(dataset_id)
         result.report = f"{final}/validation.json"
         result.data_docs = f"{final}/data_docs/index.html"
         result.duration_s = time.perf_counter() - started
-        extra: dict[str, Path] = {}
-        if result.outcome != FAIL:
-            extra["validated_cells.parquet"] = write_cells_table(
-                Path(tmp) / "validated_cells.parquet", agg.cells, kept, (part_cell_ids(ds, p.index) for p in ds.parts)
-            )
+        extra: dict[str, Path] = {} if result.outcome == FAIL else {"validated_cells.parquet": cells_table}
         publish(lake, final, result.to_dict(), runner.results_json(), docs, extra)
     log.info("validated %s in %.1fs: %s", dataset_id, result.duration_s, result.summary_line())
     return result
