@@ -147,6 +147,18 @@ def dask_client(settings: Settings, *, preload: Sequence[str] = ()) -> Iterator[
             cluster.close()
 
 
+@contextlib.contextmanager
+def cluster_or_threads(settings: Settings, client: Client | None = None) -> Iterator[Client | None]:
+    """The client a step's parts go to: ``client`` when given, else one connected to the cluster at
+    ``SCLAKE_DASK_ADDRESS`` when it is set (closed on exit), else None: the step works in its own
+    threads, with no cluster to start (validation and tokenization, whose parts are light)."""
+    if client is not None or not settings.dask_address:
+        yield client
+        return
+    with dask_client(settings) as remote:
+        yield remote
+
+
 def start_fork_server(settings: Settings, *, preload: Sequence[str] = ()) -> None:
     """Start the fork server local workers will be forked from, if a local cluster is to be used.
 

@@ -124,8 +124,8 @@ def test_steps_on_a_cluster_of_separate_processes(
     lake = Lake(remote)
     lake.fs.put(str(path), lake.path("incoming/sample.h5ad"))
     dataset_id = _pipeline(remote, "incoming/sample.h5ad", tiny_model)
-    # The conversion and the embedding ran on the cluster's workers.
-    assert {"sclake-ingest", "sclake-embed"} <= _task_prefixes(cluster)
+    # The conversion, the validation's summaries, the tokens and the embedding ran on the cluster's workers.
+    assert {"sclake-ingest", "sclake-validate", "sclake-tokenize", "sclake-embed"} <= _task_prefixes(cluster)
     # Nothing of the run was left in the driver's folder or temp folder (the workers wrote to the lake only).
     assert sorted(p.name for p in driver.iterdir()) == ["home", "sample.h5ad", "tmp"]
 

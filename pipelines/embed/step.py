@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipelines.dask_cluster import cluster_or_threads
 from pipelines.embed import writer
 from pipelines.embed.dispatch import dispatch
 from pipelines.embed.engine import EmbedJob, EngineOptions, rows_hash
@@ -194,20 +195,22 @@ def embed_dataset(
     monitor = ResourceMonitor()
     monitor.start()
     seconds: dict[str, float] = {}
-    with _timer(seconds, "tokenize"):
-        n_parts = tokenize_dataset(settings, dataset_id, model, client=client).parts
-    vocab = vocabulary_for(settings, model)
-    keep, expected_rows, hashes = _rows(lake, dataset_id, vocab.hash, n_parts, keep)
-    metadata = _part_metadata(setup, dataset_id, model, emb_layer, vocab.hash)
-    stage = lake.open_stage(final)
-    done = _staged(lake, stage, _same_run(metadata), expected_rows, hashes)
-    todo = [p for p in range(n_parts) if p not in done]
-    if done:
-        log.info("resuming: %d of %d parts already staged", len(done), n_parts)
-    job = _job(settings, setup, vocab, stage, metadata)
-    resources = setup.profile.dask_resources_for(setup.compute.device)
-    with _timer(seconds, "embed"):
-        outputs = dispatch(settings, client, job, todo, keep, resources, progress)
+    # One connection to the configured cluster for both phases (the client given, else SCLAKE_DASK_ADDRESS's).
+    with cluster_or_threads(settings, client) as client:
+        with _timer(seconds, "tokenize"):
+            n_parts = tokenize_dataset(settings, dataset_id, model, client=client).parts
+        vocab = vocabulary_for(settings, model)
+        keep, expected_rows, hashes = _rows(lake, dataset_id, vocab.hash, n_parts, keep)
+        metadata = _part_metadata(setup, dataset_id, model, emb_layer, vocab.hash)
+        stage = lake.open_stage(final)
+        done = _staged(lake, stage, _same_run(metadata), expected_rows, hashes)
+        todo = [p for p in range(n_parts) if p not in done]
+        if done:
+            log.info("resuming: %d of %d parts already staged", len(done), n_parts)
+        job = _job(settings, setup, vocab, stage, metadata)
+        resources = setup.profile.dask_resources_for(setup.compute.device)
+        with _timer(seconds, "embed"):
+            outputs = dispatch(settings, client, job, todo, keep, resources, progress)
     with _timer(seconds, "commit"):
         info = _manifest(lake, final, outputs, done, metadata, n_parts, setup)
         if not lake.commit(stage, final, info, exist_ok=True):

@@ -7,8 +7,9 @@ columns (``obs.<name>``) that the embedding files carry through
 written; a rerun after a crash keeps the parts already staged. Models whose vocabulary
 hash is equal (same dictionaries, input size and framing) reuse the same files.
 
-Parts are tokenised in parallel: on the given Dask client, else in a pool of threads of
-this process (``SCLAKE_DASK_WORKERS`` of them, at most one per core; NumPy's sort and SciPy's kernels
+Parts are tokenised in parallel: on the given Dask client, else on the cluster at
+``SCLAKE_DASK_ADDRESS`` when it is set, else in a pool of threads of this process
+(``SCLAKE_DASK_WORKERS`` of them, at most one per core; NumPy's sort and SciPy's kernels
 release the GIL). Each part is encoded a block of rows at a time, so memory does not follow the
 part size nor the number of cells.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import io
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import formats
+from pipelines.dask_cluster import cluster_or_threads
 from pipelines.embed import writer
 from pipelines.embed.tokenizer import TOKENIZER_VERSION, GenePlan, Tokens, Vocabulary, plan_genes, rank_value_encode
 from pipelines.errors import InputError
@@ -180,7 +183,11 @@ def _run(tasks: list[tuple], client: Any, progress: Progress, threads: int) -> l
     if client is not None:
         from distributed import as_completed
 
-        futures = [client.submit(tokenize_part, *t, pure=False, retries=1) for t in tasks]
+        token = uuid.uuid4().hex[:8]
+        futures = [
+            client.submit(tokenize_part, *t, pure=False, retries=1, key=f"sclake-tokenize-{token}-{t[2]:05d}")
+            for t in tasks
+        ]
         for fut in as_completed(futures, loop=client.loop):
             rec = fut.result()
             out.append(rec)
@@ -208,7 +215,8 @@ def tokenize_dataset(settings: Settings, dataset_id: str, model: str, *, client:
     model : str
         A model with local files; models sharing its vocabulary reuse the result.
     client : distributed.Client, optional
-        Run the parts on this cluster; default: a pool of threads in this process.
+        Run the parts on this cluster; default: the cluster at ``SCLAKE_DASK_ADDRESS`` when set,
+        else a pool of threads in this process.
 
     Returns
     -------
@@ -237,7 +245,8 @@ def tokenize_dataset(settings: Settings, dataset_id: str, model: str, *, client:
     progress = Progress(f"tokenize {dataset_id}", total=ds.n_obs, unit="cells", logger=log)
     progress.advance(sum(int(d["cells"]) for d in done.values()))
     tasks = [(settings, dataset_id, p, plan, vocab, stage) for p in todo]
-    records = _run(tasks, client, progress, parallel_parts(settings))
+    with cluster_or_threads(settings, client) as cluster:
+        records = _run(tasks, cluster, progress, parallel_parts(settings))
     progress.finish()
     tokens = sum(r["tokens"] for r in records)
     for p, d in done.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.dask_cluster import cluster_or_threads
 from pipelines.errors import LakeError
 from pipelines.lake import PATHS, Lake, check_dataset_id
 from pipelines.logs import Progress, get_logger
@@ -52,7 +54,11 @@ def map_parts(
     if client is not None:
         from distributed import as_completed
 
-        futures = [client.submit(summarise_part, url, storage_options, p, pure=False) for p in parts]
+        token = uuid.uuid4().hex[:8]
+        futures = [
+            client.submit(summarise_part, url, storage_options, p, pure=False, key=f"sclake-validate-{token}-{p:05d}")
+            for p in parts
+        ]
         for fut in as_completed(futures, loop=client.loop):
             summary = fut.result()
             fut.release()
@@ -112,7 +118,8 @@ def validate_dataset(
         The model whose vocabulary the genes are checked against (default: the first of
         ``settings.models``).
     client : distributed.Client, optional
-        Compute the per-part summaries on this Dask client (default: Dask's threaded scheduler).
+        Compute the per-part summaries on this Dask client (default: the cluster at
+        ``SCLAKE_DASK_ADDRESS`` when set, else ``SCLAKE_DASK_WORKERS`` threads of this process).
 
     Returns
     -------
@@ -147,8 +154,11 @@ def validate_dataset(
         runner = SuiteRunner(docs)
         cell_checks = CellChecks(runner, dataset_id)
         fold = DatasetFold(ds.n_vars, int(all_limits()["min_genes"]))
-        with CellsTableWriter(Path(tmp) / "validated_cells.parquet", order) as table:
-            for s in map_parts(ds.url, ds.storage_options, order, client, threads=parallel_parts(settings)):
+        with (
+            CellsTableWriter(Path(tmp) / "validated_cells.parquet", order) as table,
+            cluster_or_threads(settings, client) as cluster,
+        ):
+            for s in map_parts(ds.url, ds.storage_options, order, cluster, threads=parallel_parts(settings)):
                 ids = part_cell_ids(ds, s.part)
                 kept = fold.add(s)
                 cell_checks.add(s.part, ids, s)
