@@ -148,11 +148,21 @@ def dask_client(settings: Settings, *, preload: Sequence[str] = ()) -> Iterator[
 
 
 @contextlib.contextmanager
-def cluster_or_threads(settings: Settings, client: Client | None = None) -> Iterator[Client | None]:
+def cluster_or_threads(
+    settings: Settings, client: Client | None = None, *, parts: int | None = None
+) -> Iterator[Client | None]:
     """The client a step's parts go to: ``client`` when given, else one connected to the cluster at
     ``SCLAKE_DASK_ADDRESS`` when it is set (closed on exit), else None: the step works in its own
-    threads, with no cluster to start (validation and tokenization, whose parts are light)."""
-    if client is not None or not settings.dask_address:
+    threads, with no cluster to start (validation and tokenization, whose parts are light).
+
+    With ``parts`` (the number of parts to do), the cluster is used only for more parts than the
+    step's own threads take at once (:func:`pipelines.part_blocks.parallel_parts`): for fewer,
+    connecting (about a second) would cost more than spreading them gains.
+    """
+    from pipelines.part_blocks import parallel_parts
+
+    small = parts is not None and parts <= parallel_parts(settings)
+    if client is not None or not settings.dask_address or small:
         yield client
         return
     with dask_client(settings) as remote:

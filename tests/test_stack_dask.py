@@ -141,3 +141,23 @@ def test_a_taken_dashboard_port_fails_up_with_the_setting_to_change(env: dict[st
     assert up.returncode == 1, up.stdout + up.stderr
     assert f"dask-scheduler: port {port} on 127.0.0.1 is taken" in up.stderr, up.stderr
     assert "SCLAKE_STACK_DASK_DASHBOARD_PORT" in up.stderr
+
+
+def test_light_steps_use_the_cluster_only_for_more_parts_than_their_threads(tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    from pipelines.dask_cluster import cluster_or_threads
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        lake = f"file://{tmp_path / 'lake'}"
+        settings = Settings(home=tmp_path, lake_uri=lake, dask_address=cluster.scheduler_address)
+        threads = min(settings.dask_workers, os.cpu_count() or 1)
+        with cluster_or_threads(settings, parts=threads) as client:
+            assert client is None  # as many parts as its own threads take: no connection
+        with cluster_or_threads(settings, parts=threads + 1) as client:
+            assert client is not None and client.scheduler.address == cluster.scheduler_address
+        with cluster_or_threads(settings) as client:  # embedding: always the configured cluster
+            assert client is not None
+    local = Settings(home=tmp_path, lake_uri=f"file://{tmp_path / 'lake'}", dask_address=None)
+    with cluster_or_threads(local, parts=100) as client:
+        assert client is None

@@ -245,7 +245,7 @@ def tokenize_dataset(settings: Settings, dataset_id: str, model: str, *, client:
     progress = Progress(f"tokenize {dataset_id}", total=ds.n_obs, unit="cells", logger=log)
     progress.advance(sum(int(d["cells"]) for d in done.values()))
     tasks = [(settings, dataset_id, p, plan, vocab, stage) for p in todo]
-    with cluster_or_threads(settings, client) as cluster:
+    with cluster_or_threads(settings, client, parts=len(tasks)) as cluster:
         records = _run(tasks, cluster, progress, parallel_parts(settings))
     progress.finish()
     tokens = sum(r["tokens"] for r in records)

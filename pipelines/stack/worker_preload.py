@@ -14,7 +14,14 @@ from typing import Any
 
 from pipelines.dask_cluster import INGEST_MODULES
 
-MODULES = (*INGEST_MODULES, "pipelines.embed.engine")
+# The modules of every step's tasks: conversion, validation's summaries, tokens, the engine (and torch).
+MODULES = (
+    *INGEST_MODULES,
+    "pipelines.validate.run",
+    "pipelines.embed.tokens",
+    "pipelines.embed.engine",
+    "pipelines.embed.encoder",
+)
 log = logging.getLogger(__name__)
 
 

@@ -156,7 +156,7 @@ def validate_dataset(
         fold = DatasetFold(ds.n_vars, int(all_limits()["min_genes"]))
         with (
             CellsTableWriter(Path(tmp) / "validated_cells.parquet", order) as table,
-            cluster_or_threads(settings, client) as cluster,
+            cluster_or_threads(settings, client, parts=len(order)) as cluster,
         ):
             for s in map_parts(ds.url, ds.storage_options, order, cluster, threads=parallel_parts(settings)):
                 ids = part_cell_ids(ds, s.part)
