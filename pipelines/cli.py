@@ -197,4 +197,18 @@ def run() -> None:
     # No gc.freeze() at exit to save the shutdown's cycle collections: after an S3 step
     # (aiobotocore's loop objects, h5py's) the interpreter then crashed in its finalization
     # (SIGSEGV, exit 139) once the command had already printed its result.
-    sys.exit(main())
+    code = main()
+    if code == 1:
+        # A failed command has printed its one line and cleaned up in its own `with` blocks. Its
+        # exit skips the interpreter's finalization: there, on a busy machine, a C++ thread of the
+        # native libraries (pyarrow's file systems among them) was still running when the
+        # process tore down, and it died with SIGABRT ("terminate called without an active
+        # exception", exit 134) instead of exit 1.
+        import logging
+        import os
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
