@@ -14,6 +14,21 @@ import pandas as pd
 import scipy.sparse as sp
 
 
+def _object_strings(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its string index and columns as object arrays, the encoding every anndata reads.
+
+    pandas 3 gives strings their own dtype by default, which anndata writes only behind an
+    opt-in setting (older readers cannot read it back).
+    """
+    out = df.copy()
+    if isinstance(out.index.dtype, pd.StringDtype):
+        out.index = out.index.astype(object)
+    for col in out.columns:
+        if isinstance(out[col].dtype, pd.StringDtype):
+            out[col] = out[col].astype(object)
+    return out
+
+
 class StreamingH5adWriter:
     """Write an ``.h5ad`` whose X is a CSR matrix appended in row blocks.
 
@@ -37,8 +52,8 @@ class StreamingH5adWriter:
         f = self.file
         f.attrs["encoding-type"] = "anndata"
         f.attrs["encoding-version"] = "0.1.0"
-        write_elem(f, "obs", obs)
-        write_elem(f, "var", var)
+        write_elem(f, "obs", _object_strings(obs))
+        write_elem(f, "var", _object_strings(var))
         for key in ("layers", "obsm", "obsp", "varm", "varp", "uns"):
             write_elem(f, key, {})
         x = f.create_group("X")
