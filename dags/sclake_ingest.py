@@ -35,7 +35,7 @@ from pipelines.orchestration.uploads import UploadsSensor
 from pipelines.outcomes import QUARANTINED, VALIDATED
 
 SENSOR_TIMEOUT_S = float(os.environ.get("SCLAKE_SENSOR_TIMEOUT_S", "3600"))
-SENSOR_POKE_S = float(os.environ.get("SCLAKE_SENSOR_POKE_S", "15"))
+SENSOR_POKE_S = float(os.environ.get("SCLAKE_SENSOR_POKE_S", "5"))
 
 
 @task(outlets=[DATASETS])
