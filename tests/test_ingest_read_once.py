@@ -203,3 +203,73 @@ def test_spool_files_of_dead_processes_are_removed(settings_s3: Settings, tmp_pa
     assert not spool.exists()
     # Local files are read where they are; a lake on file:// has no spool either.
     assert raw.spool_for(lake, raw.resolve_upload(lake, str(path))) is None
+
+
+def _can_hide_folders() -> bool:
+    """Whether this machine lets a process mount over a folder in a private mount namespace."""
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /mnt"],
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+@pytest.fixture
+def stack_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A scheduler and one worker of the embedded stack, in their own folder; with ``hide``, the worker
+    runs in a mount namespace where the folder ``hide`` is an empty tmpfs (another host's view)."""
+    from pipelines.stack.dask import scheduler_address, scheduler_service, worker_service
+    from pipelines.stack.process import ProcessManager
+
+    hide: Path | None = getattr(request, "param", None)
+    home = tmp_path / "cluster-home"
+    (home / "tmp").mkdir(parents=True)
+    settings = Settings(home=home, stack_dask_scheduler_port=free_port(), stack_dask_dashboard_port=free_port())
+    worker = worker_service(settings, "dask-worker", 1, "2GiB")
+    if hide is not None:
+        hide.mkdir(parents=True, exist_ok=True)
+        mount = 'mount -t tmpfs none "$0" && exec "$@"'
+        worker.argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(hide), *worker.argv]
+    services = [scheduler_service(settings), worker]
+    pm = ProcessManager(home)
+    for svc in services:
+        svc.env["TMPDIR"] = str(home / "tmp")
+        pm.start(svc)
+    yield scheduler_address(settings)
+    for svc in reversed(services):
+        pm.stop(svc.name)
+
+
+DRIVER_TMP = Path(raw.tempfile.gettempdir()) / "sclake-driver-tmp"
+
+
+@pytest.mark.parametrize(
+    ("stack_cluster", "workers_see_spool"), [(None, True), (DRIVER_TMP, False)], indirect=["stack_cluster"]
+)
+def test_a_clusters_workers_read_the_spool_only_where_they_can(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack_cluster: str, workers_see_spool: bool
+) -> None:
+    """Workers of another cluster on this host read the driver's spool file (the upload is read
+    from the store once, as with a local cluster); workers that cannot see it (here: the driver's
+    temporary folder hidden from them) read the object from the store, with the same result."""
+    if not workers_see_spool and not _can_hide_folders():
+        pytest.skip("this machine does not allow private mount namespaces (unshare --mount)")
+    DRIVER_TMP.mkdir(exist_ok=True)
+    monkeypatch.setattr(raw.tempfile, "tempdir", str(DRIVER_TMP))
+    name = "seen" if workers_see_spool else "hidden"
+    settings = lake_settings(server, tmp_path, name).model_copy(update={"dask_address": stack_cluster})
+    lake = Lake(settings)
+    path = write_sample(tmp_path / f"{name}.h5ad", cells=1024, genes=800, seed=44)
+    lake.put(path, f"incoming/{name}.h5ad")
+    size = path.stat().st_size
+    with Transfers(server) as log:
+        result = ingest(settings, lake.url(f"incoming/{name}.h5ad"))
+    read = log.bytes_read(f"lake/{name}/incoming/{name}.h5ad")
+    if workers_see_spool:
+        assert read == 2 * size  # the hash pass's stream and the raw copy's server-side read
+    else:
+        assert read > 2 * size  # the part tasks read the object too
+    back = open_dataset(lake, result.dataset_id).to_anndata()
+    assert result.n_parts == 4 and (back.X != ad.read_h5ad(path).X).nnz == 0
+    assert own_spool_files() == []

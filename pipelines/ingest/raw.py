@@ -189,6 +189,18 @@ def spool_for(lake: Lake, up: Upload) -> Path | None:
     return folder / f"{os.getpid()}-{uuid.uuid4().hex[:16]}.h5ad"
 
 
+def spool_readable(path: str, size: int) -> bool:
+    """Run on a Dask worker: whether it can read the spool file ``path`` of ``size`` bytes.
+
+    The file's name is random (:func:`spool_for`), so a file of that name and size is that
+    spool: a worker on the driver's host and file system sees it, any other does not.
+    """
+    try:
+        return os.path.getsize(path) == size
+    except OSError:
+        return False
+
+
 def drop_spool(spool: Path | None) -> None:
     if spool is not None:
         spool.unlink(missing_ok=True)

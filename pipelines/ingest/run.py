@@ -1,8 +1,8 @@
 """``ingest(settings, uri)``: an upload becomes ``raw/<id>.h5ad`` and ``zarr/<id>.zarr``.
 
 Steps: locate the upload and hash it (the dataset id; an S3 upload is spooled to a local
-file by the same read, and nothing reads it from the store again when the local cluster
-converts it); if that dataset is published, stop (nothing is computed twice). Otherwise
+file by the same read, and nothing reads it from the store again when the cluster's workers
+can read that file: a local cluster's, or another cluster's on this host); if that dataset is published, stop (nothing is computed twice). Otherwise
 inspect the file (refusing unusable ones with ``InputError`` before anything is copied),
 copy it to ``raw/`` and verify the copy, convert it part by part with Dask tasks into a
 staged Zarr store (:mod:`pipelines.ingest.store`), publish the store atomically, write the
@@ -119,11 +119,31 @@ class _Run:
         return out
 
 
+def _workers_read_spool(run: _Run, size: int) -> bool:
+    """Whether the conversion's workers can read the spool file: a local cluster's can; on
+    another cluster every worker is asked (one ``client.run``), and a single no means the tasks
+    read the upload from the store."""
+    if run.local_cluster:
+        return True
+    if callable(run.client) and not hasattr(run.client, "submit"):
+        run.client = run.client()  # a client still starting (BackgroundClient.get)
+    seen = run.client.run(raw.spool_readable, str(run.spool), size)
+    readable = bool(seen) and all(seen.values())
+    log.info(
+        "the conversion's %d Dask worker(s) read %s from %s",
+        len(seen),
+        run.up.uri,
+        "this host's copy of it" if readable else "the store (they cannot read this host's copy)",
+    )
+    return readable
+
+
 def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> IngestResult:
     local_cluster = client is None and not settings.dask_address
     # An S3 upload is read from the store once, by the hash pass, into a local file that the
-    # inspection and the local cluster's tasks read (workers elsewhere read the store).
-    spool = raw.spool_for(lake, up) if local_cluster else None
+    # inspection reads, and the conversion's tasks too where their workers can read it (a
+    # local cluster's always; another cluster's when each of its workers finds the file).
+    spool = raw.spool_for(lake, up)
     with contextlib.ExitStack() as stack:
         stack.callback(raw.drop_spool, spool)
 
@@ -191,6 +211,8 @@ def _convert_upload(run: _Run, fp: raw.Fingerprint) -> IngestResult:
     read_upload = up.local is None or run.local_cluster
     raw_copy = run.threads.submit(run.timed, "raw_copy", raw.store_raw, lake, up, fp)
     if read_upload:
+        if run.spool is not None and not _workers_read_spool(run, fp.size):
+            url, opts = raw.read_location(lake, up)  # the object in the store
         spec = replace(spec, url=url, storage_options=opts)
     else:
         raw_copy.result()
