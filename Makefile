@@ -26,9 +26,12 @@ else ifeq ($(TORCH),locked)
 else
 	$(error TORCH=$(TORCH) is not one of: locked, cpu)
 endif
-	@# Our own modules too: every step starts fresh Python processes (Dask workers, Airflow
-	@# tasks), and where PYTHONDONTWRITEBYTECODE is set they would recompile on each start.
+	@# Our own modules too, and torch (installed before this recipe compiled it, it may lack
+	@# them): every step starts fresh Python processes (Dask workers, Airflow tasks), and where
+	@# PYTHONDONTWRITEBYTECODE is set they would recompile on each start (torch: about 3 s).
 	$(RUN) python -m compileall -q pipelines dags
+	@# (a file torch keeps for newer Pythons does not compile, and need not: quiet=2)
+	$(RUN) python -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_paths()['purelib'] + '/torch', quiet=2)"
 
 demo: setup  ## the main job on the embedded stack
 	$(RUN) sclake demo

@@ -18,8 +18,8 @@ fi
 shopt -s nullglob
 wheels=("${TORCH_WHEELS:-/opt/wheels}"/torch-"${version}"+cpu-*.whl)
 if ((${#wheels[@]})); then
-    ${uv} pip install --no-config --python "${python}" --no-deps --reinstall-package torch "${wheels[0]}"
+    ${uv} pip install --no-config --python "${python}" --no-deps --compile-bytecode --reinstall-package torch "${wheels[0]}"
 else
-    ${uv} pip install --no-config --python "${python}" --no-deps --reinstall-package torch \
+    ${uv} pip install --no-config --python "${python}" --no-deps --compile-bytecode --reinstall-package torch \
         --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" "torch==${version}+cpu"
 fi
