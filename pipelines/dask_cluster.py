@@ -26,12 +26,17 @@ from pipelines.logs import get_logger
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from distributed import Client
 
 log = get_logger(__name__)
 
 BASE_PRELOAD = ("distributed", "numpy", "pandas", "scipy.sparse")  # the fork server imports them once
 INGEST_MODULES = ("h5py", "zarr", "anndata", "pipelines.ingest.convert")  # what the ingest tasks import
+# What tasks import to reach an S3 lake (s3fs, aiobotocore, botocore: about half a second per
+# worker), preloaded by the fork server where the lake is on S3.
+S3_MODULES = ("s3fs",)
 # Worker environment. Dask's default MALLOC_TRIM_THRESHOLD_=65536 pins glibc's mmap threshold,
 # so every block-sized NumPy buffer is a fresh mmap whose pages are faulted in and zeroed again:
 # the conversion tasks, which allocate and free such buffers all the time, ran 35% slower with
@@ -182,7 +187,8 @@ def start_fork_server(settings: Settings, *, preload: Sequence[str] = ()) -> Non
     if settings.dask_address:
         return
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(_preload_list(preload))
+    lake_modules = S3_MODULES if settings.lake_uri.startswith("s3://") else ()
+    ctx.set_forkserver_preload(_preload_list([*preload, *lake_modules]))
     forkserver.ensure_running()
 
 
@@ -218,18 +224,24 @@ class BackgroundClient:
         self._stack = contextlib.ExitStack()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sclake-dask-start")
         self._future = self._pool.submit(self._stack.enter_context, dask_client(settings, preload=preload))
+        self._closing: Future[None] | None = None
 
     def get(self) -> Client:
         return self._future.result()
 
+    def close_soon(self) -> None:
+        """Start shutting the client (and a local cluster) down, in the background: the caller
+        goes on with work that needs no cluster, and :meth:`close` waits for the end."""
+        if self._closing is None:
+            # In the thread that entered (its context variables hold the client's), after the
+            # start: the pool has one thread. A failed start leaves nothing to close.
+            self._closing = self._pool.submit(self._stack.close)
+
     def close(self) -> None:
         try:
-            self._future.result()
-        except Exception:  # noqa: BLE001 - a failed start has nothing to close; get() reported it
-            pass
+            self.close_soon()
+            self._closing.result()
         finally:
-            # Exit in the thread that entered: the client's context variables belong to it.
-            self._pool.submit(self._stack.close).result()
             self._pool.shutdown()
 
     def __enter__(self) -> BackgroundClient:

@@ -63,6 +63,7 @@ COMMIT_MARKER = "_SUCCESS"
 # 150 MiB, whose UploadPartCopy answers some S3 servers (rclone's) send without the part's
 # ETag, so that s3fs fails; we use CopyObject up to its limit.
 COPY_OBJECT_LIMIT = 5 * 2**30
+PUBLISH_THREADS = 4  # server-side copies a commit on S3 makes at once (Lake._copy_tree)
 # A CopyObject answers once the server has copied the object (rclone's server sends nothing
 # meanwhile), so its read timeout grows with the size: s3fs's 15 s timed out on a 0.6 GB raw
 # copy on a busy machine, and each retry copied the object once more.
@@ -430,17 +431,44 @@ class Lake:
             src.replace(dst)  # one rename: the whole tree appears at once
             self._prune_staging(src.parent)
             return True
-        # S3: copy every staged object into place, one after the other (rclone's server fails
-        # concurrent writes that create files in one new folder), then write the marker last.
-        self.fs.invalidate_cache()
-        src_root = self.path(stage)
-        for obj, entry in self.fs.find(src_root, detail=True).items():
-            tail = obj[len(src_root) + 1 :]
-            if tail != COMMIT_MARKER:
-                self.copy_object(obj, f"{self.path(final)}/{tail}", int(entry.get("size") or 0))
+        # S3: copy every staged object into place, then write the marker last.
+        self._copy_tree(self.path(stage), self.path(final))
         self.write_bytes(f"{final}/{COMMIT_MARKER}", marker)
         self.rm(stage, recursive=True)
         return True
+
+    def _copy_tree(self, src_root: str, dst_root: str) -> None:
+        """Server-side copies of every object under ``src_root`` (but a marker) to ``dst_root``.
+
+        Copies run :data:`PUBLISH_THREADS` at a time, but never two that create files in
+        one new folder: rclone's ``serve s3`` fails such concurrent writes. The objects are
+        grouped by the subtree two folders below the root that holds them (``parts/00003``,
+        ``var/_index``; files nearer the root form groups of their folder). The first
+        object of each group is copied alone, one after the other, which creates every
+        group's folder and their parents; then each group's other objects are copied in
+        order by one thread, so that the folders created meanwhile are in disjoint subtrees.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.fs.invalidate_cache()
+        groups: dict[str, list[tuple[str, str, int]]] = {}
+        for obj, entry in sorted(self.fs.find(src_root, detail=True).items()):
+            tail = obj[len(src_root) + 1 :]
+            if tail != COMMIT_MARKER:
+                group = "/".join(tail.split("/")[:-1][:2])
+                groups.setdefault(group, []).append((obj, f"{dst_root}/{tail}", int(entry.get("size") or 0)))
+
+        def copy(objects: list[tuple[str, str, int]]) -> None:
+            for src, dst, size in objects:
+                self.copy_object(src, dst, size)
+
+        copy([objects[0] for objects in groups.values()])
+        rest = [objects[1:] for objects in groups.values() if len(objects) > 1]
+        if not rest:
+            return
+        with ThreadPoolExecutor(min(PUBLISH_THREADS, len(rest)), thread_name_prefix="sclake-publish") as pool:
+            for done in [pool.submit(copy, objects) for objects in rest]:
+                done.result()
 
     def unpublish(self, final: str) -> None:
         """Remove a published directory (marker first, so readers stop seeing it at once)."""

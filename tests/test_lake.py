@@ -162,6 +162,59 @@ def test_copy_object_checks_the_source_etag_and_waits_as_long_as_the_size_needs(
     assert s3_client(lake.storage_options).meta.config.read_timeout != want
 
 
+@pytest.mark.integration
+def test_s3_commit_copies_subtrees_at_once_but_never_two_writes_into_one_new_folder(settings_s3, monkeypatch) -> None:
+    """A commit on S3 copies objects several at a time, but two copies run together only when
+    they belong to different subtrees (``parts/00000``, ``parts/00001``, ...) whose folders the
+    first copy of each made before; every object arrives intact (on rclone's server, which
+    fails concurrent writes that create files in one new folder)."""
+    import threading
+    import time
+
+    import pipelines.lake
+
+    lake = Lake(settings_s3)
+    final = PATHS.zarr(DID)
+    stage = lake.open_stage(final)
+    objects = {"zarr.json": b"{}", "var/zarr.json": b"{}", "var/_index/c/0": b"genes"}
+    for part in range(4):
+        for name in ("zarr.json", "X/data/c/0", "X/data/c/1", "X/indices/c/0", "obs/_index/c/0", "obs/zarr.json"):
+            objects[f"parts/{part:05d}/{name}"] = f"{part}:{name}".encode() * 100
+    for tail, data in objects.items():
+        lake.write_bytes(f"{stage}/{tail}", data)
+
+    running: dict[str, str] = {}  # copies under way: destination -> its subtree
+    overlaps: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    copy_object = pipelines.lake.Lake.copy_object
+
+    def traced(self, src, dst, size=None, **kw):
+        tail = dst.split(f"{final}/", 1)[1]
+        group = "/".join(tail.split("/")[:-1][:2])
+        with lock:
+            overlaps.extend((group, other) for other in running.values())
+            running[dst] = group
+        time.sleep(0.02)  # long enough for the threads to meet
+        try:
+            return copy_object(self, src, dst, size, **kw)
+        finally:
+            with lock:
+                del running[dst]
+
+    monkeypatch.setattr(pipelines.lake.Lake, "copy_object", traced)
+    lake.commit(stage, final, {"n": 1})
+    assert overlaps, "no two copies ran at once"
+    assert all(a != b for a, b in overlaps), overlaps  # never two copies in one subtree at once
+    assert {a for a, _ in overlaps} | {b for _, b in overlaps} <= {f"parts/{p:05d}" for p in range(4)}
+    assert lake.is_published(final)
+    assert sorted(lake.ls(final, recursive=True)) == sorted(
+        [f"{final}/{COMMIT_MARKER}", *(f"{final}/{t}" for t in objects)]
+    )
+    for tail, data in objects.items():
+        assert lake.read_bytes(f"{final}/{tail}") == data
+    assert lake.ls(PATHS.staging(final), recursive=True) == []
+
+
 def test_commits_leave_no_empty_staging_folders(settings_file, tmp_path) -> None:
     lake = Lake(settings_file)
     root = Path(lake.path(""))

@@ -1,8 +1,9 @@
 """``ingest(settings, uri)``: an upload becomes ``raw/<id>.h5ad`` and ``zarr/<id>.zarr``.
 
 Steps: locate the upload and hash it (the dataset id; an S3 upload is spooled to a local
-file by the same read, and nothing reads it from the store again when the cluster's workers
-can read that file: a local cluster's, or another cluster's on this host); if that dataset is published, stop (nothing is computed twice). Otherwise
+file by the same read, and nothing reads it from the store again when the cluster's
+workers can read that file: a local cluster's, or another cluster's on this host); if
+that dataset is published, stop (nothing is computed twice). Otherwise
 inspect the file (refusing unusable ones with ``InputError`` before anything is copied),
 copy it to ``raw/`` and verify the copy, convert it part by part with Dask tasks into a
 staged Zarr store (:mod:`pipelines.ingest.store`), publish the store atomically, write the
@@ -100,7 +101,8 @@ def ingest(settings: Settings, uri: str, *, client: Any = None) -> IngestResult:
 @dataclass
 class _Run:
     """What the phases of one ingest share: the settings and lake, the upload, the Dask client
-    (``None`` until a cluster is needed), the I/O thread, the spool file, timings and the start time."""
+    (``None`` until a cluster is needed), the I/O thread, the spool file, how to let a started
+    cluster go, timings and the start time."""
 
     settings: Settings
     lake: Lake
@@ -109,6 +111,7 @@ class _Run:
     local_cluster: bool
     threads: ThreadPoolExecutor
     spool: Path | None = None  # the local copy of an S3 upload made by the hash pass
+    release_cluster: Any = None  # called once the parts are written: a started cluster begins to shut down
     timings: dict[str, float] = field(default_factory=dict)
     t0: float = field(default_factory=time.perf_counter)
 
@@ -147,10 +150,13 @@ def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> Inge
     with contextlib.ExitStack() as stack:
         stack.callback(raw.drop_spool, spool)
 
+        started: list[Any] = []  # the BackgroundClient this ingest started, if any
+
         def start_cluster() -> Any:
             from pipelines.dask_cluster import BackgroundClient
 
-            return stack.enter_context(BackgroundClient(settings, preload=INGEST_MODULES)).get
+            started.append(stack.enter_context(BackgroundClient(settings, preload=INGEST_MODULES)))
+            return started[-1].get
 
         if client is None and not _may_be_a_reupload(lake, up):
             # The local cluster boots (its workers fork from the server started in ingest()) and
@@ -159,6 +165,8 @@ def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> Inge
             client = start_cluster()
         threads = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="sclake-ingest-io"))
         run = _Run(settings, lake, up, client, local_cluster, threads, spool)
+        # Once the parts are written the cluster shuts down while the store is published.
+        run.release_cluster = lambda: [b.close_soon() for b in started]
         hashing = threads.submit(run.timed, "hash", raw.fingerprint, lake, up, spool)
         _load_conversion_modules()
         fp = hashing.result()
@@ -219,7 +227,16 @@ def _convert_upload(run: _Run, fp: raw.Fingerprint) -> IngestResult:
         spec = replace(spec, url=lake.url(raw_rel), storage_options=lake.storage_options)
     t = time.perf_counter()
     try:
-        n_parts = convert(run.settings, lake, spec, dataset_id, sha, client=run.client, before_commit=raw_copy.result)
+        n_parts = convert(
+            run.settings,
+            lake,
+            spec,
+            dataset_id,
+            sha,
+            client=run.client,
+            after_parts=run.release_cluster,
+            before_commit=raw_copy.result,
+        )
     except InputError:
         with contextlib.suppress(Exception):
             raw_copy.result()

@@ -57,12 +57,15 @@ def convert(
     sha: str,
     *,
     client: Any = None,
+    after_parts: Any = None,
     before_commit: Any = None,
 ) -> int:
     """Convert the source into ``zarr/<dataset_id>.zarr`` (staged, resumed, published); returns the part count.
 
     ``client`` is a Dask client, a callable returning one (called only if parts remain), or
-    ``None`` for one from :func:`pipelines.dask_cluster.dask_client`. ``before_commit``, if
+    ``None`` for one from :func:`pipelines.dask_cluster.dask_client`. ``after_parts``, if
+    given, is called once the cluster's work is done (every part written), so that the
+    caller can let its cluster go while the store is published. ``before_commit``, if
     given, is called once every part is written, before the store is published (it may
     raise to prevent the publication).
     """
@@ -111,6 +114,8 @@ def convert(
                 client = client()  # a client still starting (BackgroundClient.get)
             # The genes (var, at the root) are written by a task too: the driver never needs anndata.
             done.update(_run_parts(client, settings, lake, spec, dataset_id, stage_url, parts, todo))
+        if after_parts is not None:
+            after_parts()
         records = [done[i] for i, _, _ in parts]
         root.attrs.put(_root_attrs(spec, dataset_id, sha, settings, records))
         if before_commit is not None:
