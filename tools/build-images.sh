@@ -48,26 +48,40 @@ base_for() {  # public image -> the base to build on
     fi
 }
 
+image_id() { docker image inspect --format '{{ .Id }}' "$1" 2>/dev/null || true; }
+
+# A rebuilt tag leaves the image it named before without a name; remove it unless something
+# still uses it (another tag, a container), so that rebuilds do not fill the disk.
+drop_previous() {  # previous-id tag
+    [[ -n "$1" && "$1" != "$(image_id "$2")" ]] || return 0
+    [[ "$(docker image inspect --format '{{ len .RepoTags }}' "$1" 2>/dev/null)" == 0 ]] || return 0
+    if docker image rm "$1" >/dev/null 2>&1; then say "removed the previous $2 (${1:7:12})"; fi
+}
+
 # The wheelhouse image of a folder, rebuilt only when the folder's files changed.
 wheelhouse_image() {  # folder tag
-    local sums current
+    local sums current previous
     sums="$(sha256sum "$1/MANIFEST" | cut -c1-16)"
     current="$(docker image inspect --format "{{ index .Config.Labels \"${label}\" }}" "$2" 2>/dev/null || true)"
     if [[ "${current}" != "${sums}" ]]; then
         say "wheelhouse image $2 from $1 ($(du -sh "$1" | cut -f1))"
+        previous="$(image_id "$2")"
         docker build --quiet --network none ${NO_CACHE:+--no-cache} --label "${label}=${sums}" -f docker/wheelhouse.Dockerfile -t "$2" "$1" >/dev/null
+        drop_previous "${previous}" "$2"
     fi
 }
 
 build() {  # dockerfile tag build-arg... (the first one names the base)
-    local dockerfile="$1" tag="$2" start=${SECONDS} cache=()
+    local dockerfile="$1" tag="$2" start=${SECONDS} cache=() previous
     shift 2
     [[ -z "${NO_CACHE:-}" ]] || cache=(--no-cache)
     say "building ${tag} (${dockerfile}; $*)"
+    previous="$(image_id "${tag}")"
     docker build --network none "${cache[@]}" -f "${dockerfile}" "${@/#/--build-arg=}" -t "${tag}" . \
         >"build/images-${tag//[:\/]/_}.log" 2>&1 \
         || { tail -n 40 "build/images-${tag//[:\/]/_}.log" >&2; say "building ${tag} failed"; exit 1; }
     say "built ${tag} in $((SECONDS - start)) s, $(docker image inspect --format '{{ .Size }}' "${tag}" | numfmt --to=iec)"
+    drop_previous "${previous}" "${tag}"
     if [[ -n "${IMAGES_STATUS:-}" ]]; then
         echo "${tag} built $(date -u +%H:%M) (base ${1#*=})" >>"${IMAGES_STATUS}"
     fi
