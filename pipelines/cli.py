@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 import traceback
+from typing import NoReturn
 
 import typer
 
@@ -211,4 +212,31 @@ def run() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    sys.exit(code)
+    _leave(code)
+
+
+def _leave(code: int) -> NoReturn:
+    """Exit with ``code`` as the interpreter does, less its teardown of every loaded module.
+
+    That teardown frees each module's objects one by one, which nothing needs (the process's
+    memory goes back to the system at once): after ``sclake ingest`` of a 50,000-cell upload
+    from S3 (dask, zarr, pandas, botocore loaded) it took 0.8-0.9 s of the command's time.
+    What an exit must do still runs, in the interpreter's own order: other (non-daemon)
+    threads are waited for, the ``atexit`` handlers run (logging's flush, multiprocessing's
+    clean-up of its helper processes, ...), and the standard streams are flushed.
+    """
+    import atexit
+    import os
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)  # CPython's first step at exit
+    if shutdown is None:
+        sys.exit(code)
+    shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code)

@@ -104,3 +104,40 @@ def test_an_s3_server_dying_mid_ingest_gives_one_line(tmp_path: Path) -> None:
     assert len(said) == 1, "".join(said)
     assert said[0].startswith(f"sclake: error: cannot reach http://127.0.0.1:{port}"), said[0]
     assert "sclake stack up" in said[0]
+
+
+LEAVE = """
+import atexit, sys, threading, time
+from pathlib import Path
+
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+def late():
+    time.sleep(0.5)
+    (out / "thread").write_text("done")
+threading.Thread(target=late).start()  # not a daemon: the exit waits for it
+sys.argv = ["sclake", *sys.argv[2:]]
+from pipelines.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize(("argv", "status"), [(["--help"], 0), (["no-such-command"], 2)])
+def test_the_console_script_exits_as_the_interpreter_would(tmp_path: Path, argv: list[str], status: int) -> None:
+    """The script leaves without the interpreter's module teardown (up to a second after a
+    step), but with what an exit must do: the status, every byte printed through a pipe, other
+    threads waited for, the atexit handlers run."""
+    r = subprocess.run(
+        [sys.executable, "-c", LEAVE, str(tmp_path), *argv],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == status, r.stderr[-2000:]
+    if status == 0:  # the whole help, through the pipe, down to its last command and frame
+        assert "Usage: sclake" in r.stdout and "│ compose " in r.stdout and r.stdout.rstrip().endswith("╯"), r.stdout
+    else:
+        assert "No such command 'no-such-command'" in r.stderr and "Commands: " in r.stderr, r.stderr
+    assert (tmp_path / "thread").read_text() == "done"
+    assert (tmp_path / "atexit").read_text() == "ran"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from pipelines.ingest.remote import S3RangeFile, split_s3_url
+from pipelines.ingest.remote import ObjectChanged, S3RangeFile, S3Stream, split_s3_url
 from pipelines.ingest.source import inspect_source, open_h5, read_csr_rows
 from pipelines.lake import Lake
 from pipelines.sample import write_sample
@@ -114,3 +115,94 @@ def test_an_object_replaced_during_the_read_is_an_error(s3_object, tmp_path: Pat
     f.seek(200_000)
     with pytest.raises(OSError, match="changed while it was being read"):
         f.read(10)
+
+
+def test_stream_reads_the_object_front_to_back_ahead_of_the_caller(s3_object) -> None:
+    lake, url, data = s3_object
+    with S3Stream(url, lake.storage_options, block_size=16 * 1024, ahead=2) as f:
+        blocks = list(iter(f.read, b""))
+        assert f.read() == b""  # and stays at the end
+    assert b"".join(blocks) == data
+    assert all(len(b) == 16 * 1024 for b in blocks[:-1])
+    # Closed before the end, the reader thread stops (it was blocked on a full queue).
+    f = S3Stream(url, lake.storage_options, block_size=1024, ahead=1)
+    assert f.read() == data[:1024]
+    f.close()
+    assert not f._thread.is_alive()
+    with (
+        pytest.raises(FileNotFoundError),
+        S3Stream(lake.url("incoming/none"), lake.storage_options, block_size=1024, ahead=1) as g,
+    ):
+        g.read()
+
+
+def test_stream_refuses_an_object_that_is_not_the_one_hashed(s3_object, tmp_path: Path) -> None:
+    lake, url, data = s3_object
+    etag = lake.etag(lake.path("incoming/blob.bin"))
+    (tmp_path / "other").write_bytes(data[::-1])
+    lake.put(tmp_path / "other", "incoming/blob.bin")
+    with pytest.raises(ObjectChanged), S3Stream(url, lake.storage_options, block_size=1024, ahead=1, etag=etag) as f:
+        f.read()
+
+
+class CuttingProxy:
+    """A TCP proxy to the S3 server that cuts its first ``cuts`` connections after ``after``
+    bytes from the server: a GET that breaks off in the middle of the object."""
+
+    def __init__(self, port: int, *, after: int, cuts: int) -> None:
+        self.port, self.after, self.cuts = port, after, cuts
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            cut = self.connections <= self.cuts
+            server = socket.create_connection(("127.0.0.1", self.port))
+            threading.Thread(target=self._pipe, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, self.after if cut else None), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                if limit is not None and sent + len(data) > limit:
+                    dst.sendall(data[: limit - sent])
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+def test_stream_asks_again_from_where_its_get_broke_off(s3_object) -> None:
+    lake, url, data = s3_object
+    endpoint = lake.storage_options["endpoint_url"]
+    port = int(endpoint.rsplit(":", 1)[1].strip("/"))
+    proxy = CuttingProxy(port, after=100_000, cuts=2)
+    options = {**lake.storage_options, "endpoint_url": f"http://127.0.0.1:{proxy.address[1]}"}
+    etag = lake.etag(lake.path("incoming/blob.bin"))
+    with S3Stream(url, options, block_size=8 * 1024, ahead=2, etag=etag) as f:
+        assert b"".join(iter(f.read, b"")) == data
+    assert proxy.connections >= 3  # two broken GETs, then the rest of the object
+    proxy.listener.close()
+    # More breaks than it resumes after: an error, not a short object.
+    proxy = CuttingProxy(port, after=50_000, cuts=100)
+    options = {**lake.storage_options, "endpoint_url": f"http://127.0.0.1:{proxy.address[1]}"}
+    with pytest.raises(OSError, match="cannot read"), S3Stream(url, options, block_size=8 * 1024, ahead=2) as f:
+        while f.read():
+            pass
+    proxy.listener.close()

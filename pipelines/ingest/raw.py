@@ -138,14 +138,25 @@ def _stream_digests(f: Any, *, sha: bool, out: Any = None) -> tuple[str | None, 
     return (h.hexdigest() if h is not None else None), x.hexdigest(), n
 
 
-def _open(lake: Lake, up: Upload) -> Any:
+READ_AHEAD_BLOCKS = 4  # blocks of HASH_BLOCK the hash pass's reader keeps ahead of the hash (S3)
+
+
+def _open(lake: Lake, up: Upload, etag: str | None) -> Any:
     if up.local is not None:
         return open(up.local, "rb")  # noqa: SIM115
-    return lake.fs.open(up.fs_path or lake.path(up.rel or ""), "rb", block_size=HASH_BLOCK)
+    if lake.protocol != "s3":
+        return lake.fs.open(lake.path(up.rel or ""), "rb", block_size=HASH_BLOCK)
+    from pipelines.ingest.remote import S3Stream
+
+    url = f"s3://{up.fs_path or lake.path(up.rel or '')}"
+    return S3Stream(url, lake.storage_options, block_size=HASH_BLOCK, ahead=READ_AHEAD_BLOCKS, etag=etag)
 
 
 def fingerprint(lake: Lake, up: Upload, spool: Path | None = None) -> Fingerprint:
     """SHA-256, XXH3-128 and size of the upload's bytes, in one streamed pass (and its ETag on S3).
+
+    An S3 upload is read by one GET a few blocks ahead of the hash
+    (:class:`pipelines.ingest.remote.S3Stream`), so that the transfer and the hash overlap.
 
     With ``spool`` (from :func:`spool_for`), the bytes read are also written to that local
     file, so that nothing else needs to read the upload from the store again.
@@ -155,11 +166,20 @@ def fingerprint(lake: Lake, up: Upload, spool: Path | None = None) -> Fingerprin
     LakeError
         When the S3 object was replaced while it was read.
     """
+    from pipelines.ingest.remote import ObjectChanged
+
+    replaced = f"{up.uri!r} was replaced while it was read; ingest it again once the upload is complete"
     before = _etag(lake, up)
-    with _open(lake, up) as f, open(spool, "wb") if spool is not None else contextlib.nullcontext() as out:  # noqa: SIM115
-        sha, xxh, n = _stream_digests(f, sha=True, out=out)
+    try:
+        with (
+            _open(lake, up, before) as f,
+            open(spool, "wb") if spool is not None else contextlib.nullcontext() as out,  # noqa: SIM115
+        ):
+            sha, xxh, n = _stream_digests(f, sha=True, out=out)
+    except ObjectChanged as e:
+        raise LakeError(replaced) from e
     if _etag(lake, up) != before:
-        raise LakeError(f"{up.uri!r} was replaced while it was read; ingest it again once the upload is complete")
+        raise LakeError(replaced)
     return Fingerprint(str(sha), xxh, n, before)
 
 
