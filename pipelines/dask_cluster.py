@@ -187,7 +187,7 @@ def start_fork_server(settings: Settings, *, preload: Sequence[str] = ()) -> Non
     if settings.dask_address:
         return
     ctx = multiprocessing.get_context("forkserver")
-    lake_modules = S3_MODULES if settings.lake_uri.startswith("s3://") else ()
+    lake_modules = S3_MODULES if settings.is_s3 else ()
     ctx.set_forkserver_preload(_preload_list([*preload, *lake_modules]))
     forkserver.ensure_running()
 

@@ -111,7 +111,7 @@ class _Run:
     local_cluster: bool
     threads: ThreadPoolExecutor
     spool: Path | None = None  # the local copy of an S3 upload made by the hash pass
-    release_cluster: Any = None  # called once the parts are written: a started cluster begins to shut down
+    release_cluster: Any = None  # called once the parts are written: a cluster started here shuts down
     timings: dict[str, float] = field(default_factory=dict)
     t0: float = field(default_factory=time.perf_counter)
 
@@ -158,15 +158,17 @@ def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> Inge
             started.append(stack.enter_context(BackgroundClient(settings, preload=INGEST_MODULES)))
             return started[-1].get
 
+        def release_cluster() -> None:  # once the parts are written: it shuts down while the store is published
+            for background in started:
+                background.close_soon()
+
         if client is None and not _may_be_a_reupload(lake, up):
             # The local cluster boots (its workers fork from the server started in ingest()) and
             # the driver's modules load while the upload is hashed; hashlib and file reads
             # release the GIL, so the hash runs beside them.
             client = start_cluster()
         threads = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="sclake-ingest-io"))
-        run = _Run(settings, lake, up, client, local_cluster, threads, spool)
-        # Once the parts are written the cluster shuts down while the store is published.
-        run.release_cluster = lambda: [b.close_soon() for b in started]
+        run = _Run(settings, lake, up, client, local_cluster, threads, spool, release_cluster)
         hashing = threads.submit(run.timed, "hash", raw.fingerprint, lake, up, spool)
         _load_conversion_modules()
         fp = hashing.result()
