@@ -77,7 +77,9 @@ compose-env:  ## compose/.env with generated secrets (existing values are kept)
 compose-config:  ## validate the compose file with compose/.env (.env.example when there is none)
 	$(COMPOSE) $(COMPOSE_FILE_ARGS) --env-file $(COMPOSE_ENV) config -q
 
-compose-up: compose-env  ## build the images and start the stack
+compose-up:  ## build the images and start the stack (refused on volumes made with another compose/.env)
+	@if [ -f compose/.env ]; then new=; else new=--new; fi; \
+	    python3 -m pipelines.envgen && compose/check-volumes.sh compose/.env $$new
 	$(COMPOSE) $(COMPOSE_FILE_ARGS) --env-file compose/.env up -d --build
 
 compose-down:  ## stop the stack (volumes are kept)

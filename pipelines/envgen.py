@@ -45,10 +45,17 @@ def fernet_key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
-GENERATORS = {"password": _password, "token": _token, "fernet": fernet_key}
+def _stack_id() -> str:
+    return secrets.token_hex(16)
 
-# Every secret of the stack and how it is generated.
+
+GENERATORS = {"password": _password, "token": _token, "fernet": fernet_key, "id": _stack_id}
+
+# Every secret of the stack and how it is generated. SCLAKE_STACK_ID is no secret: the
+# volumes that keep the others (Postgres' and MinIO's) are labelled with it, so that a stack
+# never starts on volumes made with other secrets (compose/check-volumes.sh).
 SECRETS: dict[str, str] = {
+    "SCLAKE_STACK_ID": "id",
     "MINIO_ROOT_PASSWORD": "password",
     "SCLAKE_S3_SECRET_KEY": "password",
     "MLFLOW_S3_SECRET_KEY": "password",

@@ -90,6 +90,54 @@ def test_compose_config_is_valid_with_generated_env(tmp_path: Path) -> None:
     assert worker_env["AIRFLOW__CORE__FERNET_KEY"] == values["AIRFLOW_FERNET_KEY"]
     assert worker_env["SCLAKE_WORKER_IMAGE"] == deploy.WORKER_CUDA_IMAGE
     assert values["REDIS_PASSWORD"] in worker_env["AIRFLOW__CELERY__BROKER_URL"]
+    # The volumes that keep the secrets carry the stack id (compose/check-volumes.sh reads it).
+    volumes = yaml.safe_load(r.stdout)["volumes"]
+    for name in ("postgres-data", "minio-data"):
+        assert volumes[name]["labels"] == {"io.sclake.stack-id": values["SCLAKE_STACK_ID"]}, name
+
+
+@pytest.mark.docker
+def test_check_volumes_refuses_volumes_made_with_other_secrets(tmp_path: Path) -> None:
+    """compose/check-volumes.sh against real volumes: its own stack's pass, another stack's are
+    refused with what to do, unlabelled ones only for a new env file."""
+    from tests.docker_support import require_docker
+
+    require_docker()
+    project = f"sclaketest{os.getpid()}"
+    env = tmp_path / ".env"
+    env.write_text(f"COMPOSE_PROJECT_NAME={project}\nSCLAKE_STACK_ID=ours\n")
+    script = ROOT / "compose" / "check-volumes.sh"
+
+    def check(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(script), str(env), *flags], capture_output=True, text=True, timeout=60)
+
+    def volume(name: str, *labels: str) -> None:
+        args = [a for label in labels for a in ("--label", label)]
+        subprocess.run(["docker", "volume", "create", *args, f"{project}_{name}"], capture_output=True, check=True)
+
+    try:
+        assert check().returncode == 0 and check("--new").returncode == 0  # no volume yet
+        volume("postgres-data", "io.sclake.stack-id=ours")
+        assert check().returncode == 0 and check("--new").returncode == 0
+        volume("minio-data")  # made before volumes were labelled
+        assert check().returncode == 0
+        r = check("--new")
+        assert r.returncode == 1 and f"{project}_minio-data (made before" in r.stderr
+        subprocess.run(["docker", "volume", "rm", f"{project}_postgres-data"], capture_output=True, check=True)
+        volume("postgres-data", "io.sclake.stack-id=theirs")
+        r = check()
+        assert r.returncode == 1, r.stderr
+        assert f"{project}_postgres-data (stack theirs)" in r.stderr and "minio-data" not in r.stderr
+        assert (
+            "make compose-down-local VOLUMES=1" in r.stderr and f"docker volume rm {project}_postgres-data" in r.stderr
+        )
+        assert check("--old").returncode == 2
+        env.write_text(f"COMPOSE_PROJECT_NAME={project}\nSCLAKE_STACK_ID=change-me\n")
+        r = check()
+        assert r.returncode == 1 and "sclake compose env" in r.stderr
+    finally:
+        for name in ("postgres-data", "minio-data"):
+            subprocess.run(["docker", "volume", "rm", "-f", f"{project}_{name}"], capture_output=True, check=False)
 
 
 def test_compose_refuses_to_render_without_secrets(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ checks that every service is healthy, follows a sample upload through Airflow's 
 worker and the DockerOperator's step containers to embeddings counted with DuckDB over the
 S3 API, finds the Airflow task outcomes and the pipeline's metrics in Prometheus, and checks
 that `make compose-down-local VOLUMES=1` leaves no container. Note: the local stack's volumes
-(its lake included) are removed at the end.
+(its lake included) are removed at the start and at the end.
 
 Skipped where no Docker engine answers, except in CI (``CI`` set), where that fails.
 """
@@ -79,12 +79,30 @@ def prometheus_query(port: str, expr: str) -> list[dict]:
     return body["data"]["result"]
 
 
+def project_volumes() -> list[str]:
+    r = subprocess.run(
+        ["docker", "volume", "ls", "-q", "--filter", f"label={PROJECT_LABEL}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return r.stdout.split()
+
+
 @pytest.fixture(scope="module")
 def stack():
-    """The running local stack (started here when it is not); stopped, volumes removed, at the end."""
+    """A local stack started here from nothing; stopped, volumes removed, at the end (also when
+    it fails to start). What an earlier stack left (containers, volumes with other secrets)
+    is removed first."""
     require_docker()
+    if containers(PROJECT_LABEL) or containers(STEP_LABEL) or project_volumes():
+        r = make("compose-down-local", "VOLUMES=1", timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     started = time.time()
     r = make("compose-up-local", timeout=3600)
+    if r.returncode != 0:
+        make("compose-down-local", "VOLUMES=1", timeout=600)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-4000:]
     assert "every service healthy" in r.stdout, r.stdout[-3000:]
     assert "grafana" in r.stdout and "cadvisor" in r.stdout, "compose-up-local must say what it leaves out"

@@ -25,9 +25,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 compose/local/build.sh
 
-if [ ! -f compose/.env ]; then
-    python3 -m pipelines.envgen
-fi
+# Secrets kept, missing ones generated; volumes made with another compose/.env refused.
+new=
+[ -f compose/.env ] || new=--new
+python3 -m pipelines.envgen
+# shellcheck disable=SC2086 # empty or one flag
+compose/check-volumes.sh compose/.env $new
 
 echo "compose-up-local: not started here: grafana, cadvisor (no Debian or PyPI package; dashboards are"
 echo "    checked against this stack's Prometheus) and statsd-exporter (Airflow's metrics come from"
