@@ -24,7 +24,12 @@ def env_cmd(
     template: Path | None = typer.Option(
         None, "--template", help="Template [default: .env.example in the source tree]."
     ),
-    force: bool = typer.Option(False, "--force", help="Start over: template values and new secrets for everything."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Start over: template values and new secrets for everything (a stack's existing "
+        "Postgres and MinIO volumes keep the old ones: compose/check-volumes.sh then refuses them).",
+    ),
     gpus: int | None = typer.Option(
         None,
         "--gpus",
