@@ -140,6 +140,48 @@ def test_check_volumes_refuses_volumes_made_with_other_secrets(tmp_path: Path) -
             subprocess.run(["docker", "volume", "rm", "-f", f"{project}_{name}"], capture_output=True, check=False)
 
 
+@pytest.mark.docker
+def test_check_ports_names_a_taken_port_and_what_to_do(tmp_path: Path) -> None:
+    """compose/check-ports.sh: free ports pass; a port another program listens on is refused
+    with its variable and what to do."""
+    import socket
+
+    from tests.docker_support import require_docker
+
+    require_docker()
+    script = ROOT / "compose" / "check-ports.sh"
+    env = tmp_path / ".env"
+    free = []
+    for _ in range(6):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            free.append(s.getsockname()[1])
+    names = [
+        "MINIO_API_PORT",
+        "MINIO_CONSOLE_PORT",
+        "AIRFLOW_PORT",
+        "MLFLOW_PORT",
+        "PROMETHEUS_PORT",
+        "PUSHGATEWAY_PORT",
+    ]
+    lines = [f"COMPOSE_PROJECT_NAME=sclakeports{os.getpid()}", "SCLAKE_BIND_ADDRESS=127.0.0.1"]
+    env.write_text("\n".join(lines + [f"{n}={p}" for n, p in zip(names, free, strict=True)]) + "\n")
+
+    def check() -> subprocess.CompletedProcess:
+        return subprocess.run([str(script), str(env)], capture_output=True, text=True, timeout=60)
+
+    r = check()
+    assert r.returncode == 0, r.stderr
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", free[3]))
+        held.listen()
+        r = check()
+    assert r.returncode == 1
+    assert f"at {free[3]} (MLFLOW_PORT)" in r.stderr and "sclake stack down" in r.stderr, r.stderr
+    assert str(free[0]) not in r.stderr
+    assert subprocess.run([str(script)], capture_output=True, timeout=60).returncode == 2
+
+
 def test_compose_refuses_to_render_without_secrets(tmp_path: Path) -> None:
     empty = tmp_path / "empty.env"
     empty.write_text("")

@@ -31,6 +31,7 @@ new=
 python3 -m pipelines.envgen
 # shellcheck disable=SC2086 # empty or one flag
 compose/check-volumes.sh compose/.env $new
+compose/check-ports.sh compose/.env
 
 echo "compose-up-local: not started here: grafana, cadvisor (no Debian or PyPI package; dashboards are"
 echo "    checked against this stack's Prometheus) and statsd-exporter (Airflow's metrics come from"
