@@ -83,7 +83,7 @@ def scores(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cells", type=int, default=200_000, help="cells of the query dataset")
     p.add_argument("--ref-cells", type=int, default=20_000, help="cells of the labelled reference")
@@ -96,8 +96,11 @@ def main() -> None:
     p.add_argument(
         "--resume", action="store_true", help="keep the workdir's samples and lake (an interrupted run goes on)"
     )
-    args = p.parse_args()
+    return p.parse_args(argv)
 
+
+def main() -> None:
+    args = parse_args()
     work = args.workdir
     if not args.resume:
         shutil.rmtree(work, ignore_errors=True)
