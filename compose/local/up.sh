@@ -5,7 +5,9 @@
 #   compose/local/up.sh          # (make compose-up-local) from the repository root
 #
 # Builds what is missing first: the project's images (`make images`, MAKE) and the stand-ins
-# (compose/local/build.sh); writes compose/.env with generated secrets when there is none.
+# (compose/local/build.sh); writes compose/.env with generated secrets (or fills in what it
+# lacks, keeping its values); refuses volumes made with another compose/.env
+# (compose/check-volumes.sh) and host ports another program holds (compose/check-ports.sh).
 # UP_TIMEOUT: seconds to wait for health (default 900).
 set -euo pipefail
 
