@@ -30,6 +30,11 @@ def transferred(rc: str) -> list[dict]:
         return json.load(r)["transferred"]
 
 
+def record_key(transfer: dict) -> str:
+    """The whole record is its key: two transfers of one object may start in the same instant."""
+    return json.dumps(transfer, sort_keys=True)
+
+
 def main(rc: str, out_path: str) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -39,8 +44,7 @@ def main(rc: str, out_path: str) -> int:
         while True:
             last = stop.is_set()
             listed = transferred(rc)
-            # The whole record is its key: two transfers of one object may start in the same instant.
-            keys = [json.dumps(t, sort_keys=True) for t in listed]
+            keys = [record_key(t) for t in listed]
             if len(listed) >= LIMIT and seen and not seen.intersection(keys):
                 out.write('{"missed": true}\n')
             for key in keys:

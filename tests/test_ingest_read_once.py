@@ -34,6 +34,7 @@ from pipelines.lake import PATHS, Lake
 from pipelines.sample import write_sample
 from pipelines.settings import Settings
 from tests.conftest import free_port, rclone_binary
+from tests.rclone_poll import record_key, transferred
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,13 +81,13 @@ class Transfers:
         assert {"missed": True} not in lines, "more transfers ended between two polls than rclone lists"
         for t in lines:
             if "name" in t:
-                self.seen[json.dumps(t, sort_keys=True)] = t
+                self.seen[record_key(t)] = t
         # The server counts a transfer when it ends, which may come just after the client's
         # last response: ask again for a while until the counts agree.
         deadline = time.monotonic() + 10
         while True:
-            for t in self.server.call("core/transferred")["transferred"]:
-                self.seen[json.dumps(t, sort_keys=True)] = t
+            for t in transferred(self.server.rc):
+                self.seen[record_key(t)] = t
             transfers = [t for t in self.seen.values() if t.get("what") == "transferring"]
             total = int(self.server.call("core/stats")["transfers"])
             if len(transfers) >= total or time.monotonic() > deadline:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -111,7 +112,7 @@ class _Run:
     local_cluster: bool
     threads: ThreadPoolExecutor
     spool: Path | None = None  # the local copy of an S3 upload made by the hash pass
-    release_cluster: Any = None  # called once the parts are written: a cluster started here shuts down
+    release_cluster: Callable[[], None] | None = None  # once the parts are written: a cluster started here shuts down
     timings: dict[str, float] = field(default_factory=dict)
     t0: float = field(default_factory=time.perf_counter)
 
