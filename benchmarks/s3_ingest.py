@@ -13,6 +13,13 @@ an S3 server started here. Two measurements, each alternating the two sides
   command's process tree, the CPU seconds of the command's processes and of the S3
   server during the command, the bytes the server moved (its ``core/stats``: reads,
   writes and copies), and the load average before each run.
+* **Ingest on the stack's cluster**: the same ``sclake ingest`` with ``SCLAKE_DASK_ADDRESS``
+  set to a Dask scheduler and workers of the embedded stack (``pipelines.stack.dask``'s
+  services, started once before the runs, in a folder of their own), as the stack's
+  Airflow tasks run it: no cluster is started per command. The cluster's processes are
+  not in the command's process tree, so their CPU seconds and their largest summed RSS
+  during each command are recorded beside it (``cluster_cpu_seconds``,
+  ``cluster_peak_rss_bytes``).
 * **Reads**: the source's counts read in part-sized row blocks by h5py in this process,
   through an s3fs file (fsspec's read-ahead, requests made by fsspec's I/O thread) and
   through sclake's ``S3RangeFile`` (ranged GETs in the calling thread; see
@@ -30,6 +37,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import secrets
@@ -38,6 +47,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -135,16 +145,80 @@ class Server:
         self.proc.wait(10)
 
 
-def run_sclake(server: Server, sample: Path, i: int) -> tuple[Measured, dict]:
+class StackCluster:
+    """The embedded stack's Dask scheduler and CPU workers, started as its services are (own
+    folder, own process groups), for the commands to use through ``SCLAKE_DASK_ADDRESS``."""
+
+    def __init__(self, home: Path) -> None:
+        from pipelines.settings import Settings
+        from pipelines.stack.dask import WORKER, scheduler_address, scheduler_service, worker_service, worker_sizing
+        from pipelines.stack.process import ProcessManager
+
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+        settings = Settings(home=home, stack_dask_scheduler_port=free_port(), stack_dask_dashboard_port=free_port())
+        n, memory = worker_sizing(settings, gpus=0)
+        self.services = [scheduler_service(settings), worker_service(settings, WORKER, n, memory)]
+        self.address = scheduler_address(settings)
+        self.workers = n
+        self.pm = ProcessManager(home)
+        saved = dict(os.environ)
+        for key in [k for k in os.environ if k.startswith(("SCLAKE_", "DASK_"))]:
+            del os.environ[key]  # the services get the stack's settings only, not this process's
+        try:
+            for svc in self.services:
+                self.pm.start(svc)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def processes(self) -> list[psutil.Process]:
+        out = []
+        for svc in self.services:
+            pid = self.pm.pid(svc.name)
+            if pid is None:
+                continue
+            try:
+                root = psutil.Process(pid)
+                out += [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+        return out
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for proc in self.processes():
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for proc in self.processes():
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total
+
+    def close(self) -> None:
+        for svc in reversed(self.services):
+            self.pm.stop(svc.name)
+
+
+def run_sclake(server: Server, sample: Path, i: int, cluster: StackCluster | None = None) -> tuple[Measured, dict]:
     from pipelines.lake import Lake
 
-    prefix = f"sclake-{i}"
+    prefix = f"sclake-{'stack-' if cluster else ''}{i}"
     lake = Lake(server.settings(prefix))
     lake.put(sample, "incoming/x.h5ad")
     os.sync()
-    m, extra = measured(
-        server, [str(BIN / "sclake"), "ingest", lake.url("incoming/x.h5ad"), "--json"], server.env(prefix)
-    )
+    env = server.env(prefix)
+    if cluster is not None:
+        env["SCLAKE_DASK_ADDRESS"] = cluster.address
+    m, extra = measured(server, [str(BIN / "sclake"), "ingest", lake.url("incoming/x.h5ad"), "--json"], env, cluster)
     if m.returncode != 0:
         raise SystemExit(f"sclake ingest failed:\n{m.stderr[-4000:]}")
     shutil.rmtree(server.root / BUCKET / prefix, ignore_errors=True)
@@ -168,19 +242,40 @@ def run_anndata(server: Server, sample: Path, i: int) -> tuple[Measured, dict]:
     return m, extra
 
 
-def measured(server: Server, cmd: list[str], env: dict[str, str] | None = None) -> tuple[Measured, dict]:
-    """Run ``cmd``; besides :func:`run_measured`'s figures, the load average before it and what
-    the S3 server spent on it (its CPU seconds and the bytes it moved)."""
+def measured(
+    server: Server, cmd: list[str], env: dict[str, str] | None = None, cluster: StackCluster | None = None
+) -> tuple[Measured, dict]:
+    """Run ``cmd``; besides :func:`run_measured`'s figures, the load average before it, what
+    the S3 server spent on it (its CPU seconds and the bytes it moved) and, with ``cluster``,
+    the cluster's CPU seconds and largest summed RSS meanwhile."""
     load = [round(x, 2) for x in os.getloadavg()]
     cpu0, moved0 = server.counters()
-    m = run_measured(cmd, env=env)
+    cluster_cpu0 = cluster.cpu_seconds() if cluster else 0.0
+    peak = [cluster.rss_bytes() if cluster else 0]
+    stop = threading.Event()
+
+    def sample_cluster() -> None:
+        while cluster is not None and not stop.wait(0.05):
+            peak[0] = max(peak[0], cluster.rss_bytes())
+
+    sampler = threading.Thread(target=sample_cluster, daemon=True)
+    sampler.start()
+    try:
+        m = run_measured(cmd, env=env)
+    finally:
+        stop.set()
+        sampler.join()
     cpu1, moved1 = server.counters()
-    return m, {
+    extra = {
         "load_average_before": load,
         "cpu_seconds": round(m.cpu_seconds, 2),
         "server_cpu_seconds": round(cpu1 - cpu0, 2),
         "server_bytes_moved": moved1 - moved0,
     }
+    if cluster is not None:
+        extra["cluster_cpu_seconds"] = round(cluster.cpu_seconds() - cluster_cpu0, 2)
+        extra["cluster_peak_rss_bytes"] = peak[0]
+    return m, extra
 
 
 def reads(server: Server, sample: Path, repeats: int) -> dict:
@@ -232,21 +327,61 @@ def side(runs: list[tuple[Measured, dict]], cells: int) -> dict:
         "seconds_runs": [round(x, 2) for x in seconds],
         "peak_rss_tree_bytes": max(m.peak_rss_tree_bytes for m, _ in runs),
     }
-    for key in ("cpu_seconds", "server_cpu_seconds", "server_bytes_moved"):
-        out[key] = statistics.median(extra[key] for _, extra in runs)
+    for key in ("cpu_seconds", "server_cpu_seconds", "server_bytes_moved", "cluster_cpu_seconds"):
+        if key in runs[0][1]:
+            out[key] = statistics.median(extra[key] for _, extra in runs)
+    if "cluster_peak_rss_bytes" in runs[0][1]:
+        out["cluster_peak_rss_bytes"] = max(extra["cluster_peak_rss_bytes"] for _, extra in runs)
     out["load_average_before_runs"] = [extra["load_average_before"] for _, extra in runs]
     if any("timings" in extra for _, extra in runs):
         out["timings_runs"] = [extra["timings"] for _, extra in runs]
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", type=int, default=50_000)
     p.add_argument("--genes", type=int, default=20_000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/sclake-bench"))
-    args = p.parse_args()
+    p.add_argument(
+        "--no-stack-cluster",
+        dest="stack_cluster",
+        action="store_false",
+        help="skip the runs on the embedded stack's Dask cluster",
+    )
+    return p.parse_args()
+
+
+def ingest_runs(server: Server, sample: Path, args: argparse.Namespace) -> dict[str, list[tuple[Measured, dict]]]:
+    """Each side once per repeat, alternated, on one server; the stack's cluster started first."""
+    cluster = StackCluster(args.workdir / "stack-cluster-home") if args.stack_cluster else None
+    sides = {"sclake": run_sclake, "anndata": run_anndata}
+    if cluster is not None:
+        print(f"stack cluster: {cluster.address}, {cluster.workers} worker(s)", flush=True)
+        sides = {"sclake": run_sclake, "sclake_stack_cluster": functools.partial(run_sclake, cluster=cluster)}
+        sides["anndata"] = run_anndata
+    runs: dict[str, list[tuple[Measured, dict]]] = {name: [] for name in sides}
+    try:
+        for i in range(args.repeats):
+            for name, func in sides.items():
+                m, extra = func(server, sample, i)
+                runs[name].append((m, extra))
+                cluster_cpu = f" + cluster {extra['cluster_cpu_seconds']} s" if "cluster_cpu_seconds" in extra else ""
+                print(
+                    f"{name} run {i + 1}: {m.seconds:.2f} s, peak RSS {gib(m.peak_rss_tree_bytes)}, "
+                    f"CPU {extra['cpu_seconds']} s + server {extra['server_cpu_seconds']} s{cluster_cpu}, "
+                    f"load {extra['load_average_before']}",
+                    flush=True,
+                )
+    finally:
+        if cluster is not None:
+            cluster.close()
+    return runs
+
+
+def main() -> None:
+    args = parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     sample, _ = make_sample(args.workdir, args.cells, args.genes)
     server = Server(args.workdir / "s3-bench")
@@ -254,31 +389,20 @@ def main() -> None:
         print(f"reading {sample.name} from {server.endpoint} ...", flush=True)
         read_result = reads(server, sample, args.repeats)
         print(json.dumps(read_result), flush=True)
-        runs: dict[str, list[tuple[Measured, dict]]] = {"sclake": [], "anndata": []}
-        for i in range(args.repeats):
-            for name, func in (("sclake", run_sclake), ("anndata", run_anndata)):
-                m, timings = func(server, sample, i)
-                runs[name].append((m, timings))
-                print(
-                    f"{name} run {i + 1}: {m.seconds:.2f} s, peak RSS {gib(m.peak_rss_tree_bytes)}, "
-                    f"CPU {timings['cpu_seconds']} s + server {timings['server_cpu_seconds']} s, "
-                    f"load {timings['load_average_before']}",
-                    flush=True,
-                )
+        runs = ingest_runs(server, sample, args)
     finally:
         server.close()
         shutil.rmtree(server.root, ignore_errors=True)
-    sclake, anndata = side(runs["sclake"], args.cells), side(runs["anndata"], args.cells)
+    ingest = {name: side(r, args.cells) for name, r in runs.items()}
+    for name in [n for n in ingest if n.startswith("sclake")]:
+        ratio = ingest[name]["cells_per_second"] / ingest["anndata"]["cells_per_second"]
+        ingest["throughput_ratio" + name.removeprefix("sclake")] = round(ratio, 2)
     result = {
         "benchmark": "S3 lake on rclone serve s3: sclake ingest vs anndata read_h5ad(s3fs) + write_zarr(FsspecStore)",
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "file": {"name": sample.name, "bytes": sample.stat().st_size, "cells": args.cells, "genes": args.genes},
         "repeats": args.repeats,
-        "ingest": {
-            "sclake": sclake,
-            "anndata": anndata,
-            "throughput_ratio": round(sclake["cells_per_second"] / anndata["cells_per_second"], 2),
-        },
+        "ingest": ingest,
         "reads": read_result,
     }
     path = write_result("s3_ingest", result)
