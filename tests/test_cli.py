@@ -71,6 +71,31 @@ def test_unknown_option_shows_usage(cli) -> None:
     assert_usage_error(cli("query", "SELECT 1", "--nope"), "sclake query", "--nope")
 
 
+@pytest.mark.parametrize(
+    ("usage", "args"),
+    [
+        ("sclake validate", ["validate", "ABC"]),
+        ("sclake embed", ["embed", "../../etc"]),
+        ("sclake tokenize", ["tokenize", "0123456789abcdeF"]),
+        ("sclake lineage", ["lineage", "0123456789abcde"]),
+        ("sclake quarantine show", ["quarantine", "show", "x"]),
+        ("sclake quarantine release", ["quarantine", "release", "x"]),
+        ("sclake annotate apply", ["annotate", "apply", "x"]),
+        ("sclake annotate train", ["annotate", "train", "--reference", "x", "--label", "l", "--model", "m"]),
+        ("sclake similar", ["similar", "--model", "m", "--cell-id", "c", "--dataset", "x"]),
+    ],
+)
+def test_a_malformed_dataset_id_is_a_usage_error(cli, usage: str, args: list[str]) -> None:
+    """Refused while the arguments are read, before any lake or service is asked (the lake here is empty)."""
+    assert_usage_error(cli(*args), usage, "is not 16 lowercase hex digits")
+
+
+def test_a_wellformed_unknown_dataset_id_is_a_one_line_failure(cli) -> None:
+    code, _, err = cli("lineage", "0123456789abcdef")
+    assert code == 1, err
+    assert err.startswith("sclake: error: ") and len(err.strip().splitlines()) == 1, err
+
+
 def test_help_exits_zero(cli) -> None:
     code, out, _ = cli("--help")
     assert code == 0 and "Usage: sclake" in out

@@ -6,6 +6,8 @@ import json
 
 import typer
 
+from pipelines.commands import params
+
 
 def register(app: typer.Typer) -> None:
     annotate_app = typer.Typer(
@@ -19,7 +21,9 @@ def register(app: typer.Typer) -> None:
 
 
 def train_cmd(
-    reference: str = typer.Option(..., "--reference", help="Dataset id of the labelled reference."),
+    reference: str = typer.Option(
+        ..., "--reference", help="Dataset id of the labelled reference.", callback=params.dataset_id
+    ),
     label: str = typer.Option(..., "--label", help="The obs column holding the cell types, e.g. cell_type."),
     model: str = typer.Option(..., "--model", help="The embedding model the annotator reads."),
     name: str = typer.Option(None, "--name", help="Registered as sclake-annotator-NAME; default: the label."),
@@ -53,7 +57,7 @@ def train_cmd(
 
 
 def apply_cmd(
-    dataset_id: str = typer.Argument(..., help="The dataset to annotate (16 hex digits)."),
+    dataset_id: str = typer.Argument(..., help="The dataset to annotate (16 hex digits).", callback=params.dataset_id),
     model: str = typer.Option(None, "--model", help="Its embeddings to read; default: every configured model."),
     annotator: list[str] = typer.Option(None, "--annotator", help="Only this annotator (repeatable); default: all."),
 ) -> None:
@@ -63,13 +67,8 @@ def apply_cmd(
     dataset embedded before its annotator existed. Prints one JSON line per annotator.
     """
     from pipelines.annotate import AnnotationError, annotate_dataset
-    from pipelines.lake import check_dataset_id
     from pipelines.settings import get_settings
 
-    try:
-        check_dataset_id(dataset_id)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
     settings = get_settings()
     models = [model] if model else settings.model_list
     done = []

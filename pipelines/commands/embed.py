@@ -6,9 +6,13 @@ import json
 
 import typer
 
+from pipelines.commands import params
+
 
 def embed_cmd(
-    dataset_id: str = typer.Argument(..., help="The dataset id printed by `sclake ingest`."),
+    dataset_id: str = typer.Argument(
+        ..., help="The dataset id printed by `sclake ingest`.", callback=params.dataset_id
+    ),
     model: str = typer.Option(None, "--model", "-m", help="Model name; default: the first of SCLAKE_MODELS."),
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA when available), cpu, cuda or cuda:<i>."),
     precision: str = typer.Option(None, "--precision", "-p", help="fp32, bf16 or fp16; default: the profile's."),
@@ -49,7 +53,9 @@ def embed_cmd(
 
 
 def tokenize_cmd(
-    dataset_id: str = typer.Argument(..., help="The dataset id printed by `sclake ingest`."),
+    dataset_id: str = typer.Argument(
+        ..., help="The dataset id printed by `sclake ingest`.", callback=params.dataset_id
+    ),
     model: str = typer.Option(None, "--model", "-m", help="Model whose vocabulary to use; default: SCLAKE_MODELS."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ) -> None:

@@ -6,13 +6,17 @@ import json
 
 import typer
 
+from pipelines.commands import params
+
 
 def register(app: typer.Typer) -> None:
     app.command("lineage")(lineage_cmd)
 
 
 def lineage_cmd(
-    dataset_id: str = typer.Argument(..., help="The dataset id (16 hex digits, printed by `sclake ingest`)."),
+    dataset_id: str = typer.Argument(
+        ..., help="The dataset id (16 hex digits, printed by `sclake ingest`).", callback=params.dataset_id
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show where a dataset came from and what was made of it, with the MLflow run ids.

@@ -6,6 +6,8 @@ import json
 
 import typer
 
+from pipelines.commands import params
+
 
 def register(app: typer.Typer) -> None:
     app.command("query")(query_cmd)
@@ -34,7 +36,9 @@ def query_cmd(
 def similar_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Model whose embeddings are compared."),
     cell_id: str = typer.Option(..., "--cell-id", "-c", help="The query cell (an obs_name of the h5ad)."),
-    dataset: str | None = typer.Option(None, "--dataset", "-d", help="Dataset of the query cell (when ambiguous)."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", "-d", help="Dataset of the query cell (when ambiguous).", callback=params.dataset_id
+    ),
     k: int = typer.Option(10, "-k", "--top-k", min=1, help="Neighbours to return, the cell itself included."),
     index: str = typer.Option("auto", "--index", help="exact, hnsw, or auto (HNSW if indexed or large)."),
     within_dataset: bool = typer.Option(False, "--within-dataset", help="Search the query cell's dataset only."),

@@ -6,13 +6,17 @@ import json
 
 import typer
 
+from pipelines.commands import params
+
 quarantine_app = typer.Typer(
     help="Uploads refused by ingest or validation, with the reason and what to do.", no_args_is_help=True
 )
 
 
 def validate_cmd(
-    dataset_id: str = typer.Argument(..., help="The dataset id printed by `sclake ingest`."),
+    dataset_id: str = typer.Argument(
+        ..., help="The dataset id printed by `sclake ingest`.", callback=params.dataset_id
+    ),
     model: str = typer.Option(None, "--model", "-m", help="Check genes against this model's vocabulary."),
     no_quarantine: bool = typer.Option(False, "--no-quarantine", help="Only report; leave a failing dataset in place."),
     as_json: bool = typer.Option(False, "--json", help="Print the validation summary as JSON."),
@@ -63,7 +67,9 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
 
 
 @quarantine_app.command("show")
-def show_cmd(dataset_id: str = typer.Argument(..., help="A quarantined dataset id.")) -> None:
+def show_cmd(
+    dataset_id: str = typer.Argument(..., help="A quarantined dataset id.", callback=params.dataset_id),
+) -> None:
     """Print the reason.json of a quarantined upload."""
     from pipelines.quarantine import read_reason
     from pipelines.settings import get_settings
@@ -73,7 +79,7 @@ def show_cmd(dataset_id: str = typer.Argument(..., help="A quarantined dataset i
 
 @quarantine_app.command("release")
 def release_cmd(
-    dataset_id: str = typer.Argument(..., help="A quarantined dataset id."),
+    dataset_id: str = typer.Argument(..., help="A quarantined dataset id.", callback=params.dataset_id),
     to: str = typer.Option(None, "--to", help="Lake key under incoming/ to release to (default: incoming/<file>)."),
 ) -> None:
     """Put the file (fixed in place, or as it is) back into incoming/ so that the pipeline takes it again."""
