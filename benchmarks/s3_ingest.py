@@ -1,8 +1,8 @@
 """Benchmark: ingest from and into an S3 lake (``rclone serve s3`` over a local folder).
 
 The same synthetic sample as ``benchmarks/ingest.py`` (``sclake sample``) is uploaded to
-an S3 server started here. Two measurements, each alternating the two sides
-``--repeats`` times on the same server:
+an S3 server started here. The ingest commands are alternated ``--repeats`` times on the
+same server, and the reads repeated as often:
 
 * **Ingest**: ``sclake ingest s3://…/incoming/x.h5ad --json`` into an ``s3://`` lake (one
   read of the upload that hashes it into a local spool file, server-side raw copy and its
@@ -32,6 +32,7 @@ figures are lower than a separate object store would give. The result goes to
 Usage::
 
     .venv/bin/python benchmarks/s3_ingest.py [--cells 50000] [--genes 20000] [--repeats 3] [--workdir /tmp/sclake-bench]
+        [--no-stack-cluster]
 """
 
 from __future__ import annotations
