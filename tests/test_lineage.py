@@ -220,8 +220,9 @@ def test_lineage_matches_the_lake(pipeline: dict, monkeypatch: pytest.MonkeyPatc
         assert expected in text
     assert main(["lineage", "0000000000000000"]) == 1
     assert "is not in the lake" in capsys.readouterr().err
-    assert main(["lineage", "not-an-id"]) == 1
-    assert "16 lowercase hex digits" in capsys.readouterr().err
+    assert main(["lineage", "not-an-id"]) == 2  # a usage error: the usage line, then the reason
+    err = capsys.readouterr().err
+    assert err.startswith("Usage: sclake lineage ") and "16 lowercase hex digits" in err
 
 
 def test_cells_view_and_similar_on_real_embeddings(pipeline: dict) -> None:
