@@ -251,21 +251,23 @@ def measured(
     the cluster's CPU seconds and largest summed RSS meanwhile."""
     load = [round(x, 2) for x in os.getloadavg()]
     cpu0, moved0 = server.counters()
-    cluster_cpu0 = cluster.cpu_seconds() if cluster else 0.0
-    peak = [cluster.rss_bytes() if cluster else 0]
-    stop = threading.Event()
-
-    def sample_cluster() -> None:
-        while cluster is not None and not stop.wait(0.05):
-            peak[0] = max(peak[0], cluster.rss_bytes())
-
-    sampler = threading.Thread(target=sample_cluster, daemon=True)
-    sampler.start()
-    try:
+    if cluster is None:
         m = run_measured(cmd, env=env)
-    finally:
-        stop.set()
-        sampler.join()
+    else:
+        cluster_cpu0, peak = cluster.cpu_seconds(), [cluster.rss_bytes()]
+        stop = threading.Event()
+
+        def sample_cluster() -> None:
+            while not stop.wait(0.05):
+                peak[0] = max(peak[0], cluster.rss_bytes())
+
+        sampler = threading.Thread(target=sample_cluster, daemon=True)
+        sampler.start()
+        try:
+            m = run_measured(cmd, env=env)
+        finally:
+            stop.set()
+            sampler.join()
     cpu1, moved1 = server.counters()
     extra = {
         "load_average_before": load,
@@ -357,11 +359,11 @@ def parse_args() -> argparse.Namespace:
 def ingest_runs(server: Server, sample: Path, args: argparse.Namespace) -> dict[str, list[tuple[Measured, dict]]]:
     """Each side once per repeat, alternated, on one server; the stack's cluster started first."""
     cluster = StackCluster(args.workdir / "stack-cluster-home") if args.stack_cluster else None
-    sides = {"sclake": run_sclake, "anndata": run_anndata}
+    sides = {"sclake": run_sclake}
     if cluster is not None:
         print(f"stack cluster: {cluster.address}, {cluster.workers} worker(s)", flush=True)
-        sides = {"sclake": run_sclake, "sclake_stack_cluster": functools.partial(run_sclake, cluster=cluster)}
-        sides["anndata"] = run_anndata
+        sides["sclake_stack_cluster"] = functools.partial(run_sclake, cluster=cluster)
+    sides["anndata"] = run_anndata
     runs: dict[str, list[tuple[Measured, dict]]] = {name: [] for name in sides}
     try:
         for i in range(args.repeats):

@@ -15,7 +15,8 @@ set -euo pipefail
 env_file=$1
 [ -f "$env_file" ] || { echo "check-ports: $env_file not found: run \`sclake compose env\`" >&2; exit 1; }
 
-value() { grep -E "^$1=" "$env_file" | tail -1 | cut -d= -f2-; }
+# The last value of variable $1, empty when the file does not set it (grep finds nothing).
+value() { { grep -E "^$1=" "$env_file" || true; } | tail -1 | cut -d= -f2-; }
 project=$(value COMPOSE_PROJECT_NAME)
 project=${project:-sclake}
 if [ -n "$(docker ps -q --filter "label=com.docker.compose.project=$project")" ]; then

@@ -23,7 +23,8 @@ if [ $# -eq 2 ]; then
 fi
 [ -f "$env_file" ] || { echo "check-volumes: $env_file not found: run \`sclake compose env\`" >&2; exit 1; }
 
-value() { grep -E "^$1=" "$env_file" | tail -1 | cut -d= -f2-; }
+# The last value of variable $1, empty when the file does not set it (grep finds nothing).
+value() { { grep -E "^$1=" "$env_file" || true; } | tail -1 | cut -d= -f2-; }
 project=$(value COMPOSE_PROJECT_NAME)
 project=${project:-sclake}
 stack_id=$(value SCLAKE_STACK_ID)

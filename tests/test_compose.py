@@ -132,9 +132,10 @@ def test_check_volumes_refuses_volumes_made_with_other_secrets(tmp_path: Path) -
             "make compose-down-local VOLUMES=1" in r.stderr and f"docker volume rm {project}_postgres-data" in r.stderr
         )
         assert check("--old").returncode == 2
-        env.write_text(f"COMPOSE_PROJECT_NAME={project}\nSCLAKE_STACK_ID=change-me\n")
-        r = check()
-        assert r.returncode == 1 and "sclake compose env" in r.stderr
+        for stack_id in ("SCLAKE_STACK_ID=change-me\n", ""):  # a placeholder, or no line at all
+            env.write_text(f"COMPOSE_PROJECT_NAME={project}\n{stack_id}")
+            r = check()
+            assert r.returncode == 1 and "has no SCLAKE_STACK_ID" in r.stderr and "sclake compose env" in r.stderr
     finally:
         for name in ("postgres-data", "minio-data"):
             subprocess.run(["docker", "volume", "rm", "-f", f"{project}_{name}"], capture_output=True, check=False)
@@ -180,6 +181,10 @@ def test_check_ports_names_a_taken_port_and_what_to_do(tmp_path: Path) -> None:
     assert f"at {free[3]} (MLFLOW_PORT)" in r.stderr and "sclake stack down" in r.stderr, r.stderr
     assert str(free[0]) not in r.stderr
     assert subprocess.run([str(script)], capture_output=True, timeout=60).returncode == 2
+    # Variables the file does not set take compose's defaults (9000, 9001, 8080, ...): checked, not a silent exit.
+    env.write_text(f"COMPOSE_PROJECT_NAME=sclakeports{os.getpid()}\n")
+    r = check()
+    assert r.returncode == 0 or (r.returncode == 1 and "check-ports: refused" in r.stderr), (r.returncode, r.stderr)
 
 
 def test_compose_refuses_to_render_without_secrets(tmp_path: Path) -> None:

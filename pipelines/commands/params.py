@@ -7,8 +7,6 @@ import typer
 
 from pipelines.lake_layout import check_dataset_id
 
-DATASET_ID_HELP = "16 lowercase hex digits, printed by `sclake ingest`"
-
 
 def dataset_id(value: str | None) -> str | None:
     """Typer callback of every dataset-id argument and option (``None``: an option not given)."""
