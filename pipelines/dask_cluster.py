@@ -108,6 +108,8 @@ def dask_client(settings: Settings, *, preload: Sequence[str] = ()) -> Iterator[
     import dask
     from distributed import Client, LocalCluster
 
+    from pipelines import logs
+
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     if settings.dask_address:
@@ -143,6 +145,10 @@ def dask_client(settings: Settings, *, preload: Sequence[str] = ()) -> Iterator[
         # started in one thread and closed in another (BackgroundClient).
         client = Client(cluster, set_as_default=False)
         try:
+            if logs.QUIET_WORKERS:
+                from pipelines.worker_plugins import QuietAsyncio
+
+                client.register_plugin(QuietAsyncio())
             log.debug(
                 "local Dask cluster: %d workers x 1 thread, %s each", settings.dask_workers, settings.dask_worker_memory
             )

@@ -72,3 +72,48 @@ def test_background_client_that_failed_to_start_closes_quietly(tmp_path, monkeyp
     with pytest.raises(ConfigError, match="no Dask scheduler answers"):
         starting.get()
     starting.close()
+
+
+UNRETRIEVED = """
+import sys
+from pipelines import logs
+from pipelines.dask_cluster import dask_client
+from pipelines.settings import Settings
+
+
+def leave_an_unretrieved_exception():
+    # What an S3 server dying mid-write leaves in a worker: an aiohttp task that failed and
+    # that nobody awaits; asyncio logs it when the task is collected.
+    import asyncio
+    import gc
+
+    async def write():
+        raise ConnectionResetError("Cannot write to closing transport")
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(write())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    del task
+    loop.close()
+    gc.collect()
+
+
+logs.QUIET_WORKERS = sys.argv[3] == "quiet"
+with dask_client(Settings(home=sys.argv[1], lake_uri=sys.argv[2], dask_workers=1)) as client:
+    client.submit(leave_an_unretrieved_exception, pure=False).result()
+"""
+
+
+@pytest.mark.parametrize(("mode", "printed"), [("quiet", False), ("verbose", True)])
+def test_quiet_workers_leave_asyncio_unretrieved_exceptions_unprinted(tmp_path, mode, printed) -> None:
+    """The CLI without -v: a worker's unretrieved asyncio exceptions do not reach the command's
+    stderr beside its one-line error; with -v they still do."""
+    out = subprocess.run(
+        [sys.executable, "-c", UNRETRIEVED, str(tmp_path), (tmp_path / "lake").as_uri(), mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert ("Task exception was never retrieved" in out.stderr) is printed, out.stderr
