@@ -68,6 +68,46 @@ def test_packed_cells_give_the_padded_results(model_dir, special):
         )
 
 
+@pytest.mark.parametrize("length", [1, 37, 256, 700])  # one block, a full one, three unequal ones
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_attention_equals_the_fused_kernel(length, dtype):
+    """Attention in blocks of query rows (bf16 on the CPU) gives what PyTorch's fused kernel
+    gives, for cells shorter and longer than a block and not a multiple of it."""
+    import torch.nn.functional as F
+
+    from pipelines.embed.encoder import block_attention
+
+    gen = torch.Generator().manual_seed(length)
+    qkv = torch.randn(length, 3, 4, 16, generator=gen).permute(1, 2, 0, 3)  # strided, as in a packed batch
+    ref = F.scaled_dot_product_attention(qkv[0:1], qkv[1:2], qkv[2:3], scale=0.25)[0].transpose(0, 1)
+    out = torch.full((length, 4, 16), float("nan"), dtype=dtype)
+    cell = qkv.to(dtype)
+    block_attention(cell[0], cell[1], cell[2], 0.25, out)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    else:
+        cos = F.cosine_similarity(out.float().reshape(length, -1), ref.reshape(length, -1), dim=1)
+        assert cos.min() >= 0.999, cos.min()
+
+
+def test_packed_bf16_cells_match_the_padded_bf16_path(model_dir):
+    """bf16 on the CPU: packed cells (block attention, layer norms on bf16 input) against the
+    padded batch (the fused kernel, as on a GPU): per-position cosine >= 0.99."""
+    import torch.nn.functional as F
+
+    ids, lengths = _batch(2)
+    enc = load_encoder(model_dir, precision="bf16")
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
+    packed = torch.cat([ids[i, :n] for i, n in enumerate(lengths.tolist())])
+    with torch.inference_mode():
+        padded = enc(ids, lengths).float()
+        flat = enc.forward_packed(packed, offsets).float()
+    assert flat.dtype == torch.float32 and torch.isfinite(flat).all()
+    for i, n in enumerate(lengths.tolist()):
+        cos = F.cosine_similarity(flat[offsets[i] : offsets[i + 1]], padded[i, :n], dim=1)
+        assert cos.min() >= 0.99, (i, cos.min())
+
+
 def test_layers_outside_helicals_range_are_refused(model_dir):
     with pytest.raises(ValueError, match="emb_layer 2"):
         load_encoder(model_dir, emb_layer=2)
