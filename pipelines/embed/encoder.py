@@ -97,10 +97,10 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
 
     ``q``, ``k``, ``v`` are ``[heads, length, d]``. For each block of query rows: the scores
     ``q·kᵀ`` (matrix products that accumulate in fp32), their softmax (computed in fp32,
-    stored in the input dtype, as a bf16 BERT does) and the product with ``v``. On a CPU with
-    AVX512-BF16 and no AMX, PyTorch's fused CPU kernel runs bf16 attention at about a third
-    of the bf16 matrix-product peak, below its own fp32 rate; these blocks run at about half
-    of it, their products in oneDNN's bf16 kernels (docs/embed.md, "Precision").
+    stored in the input dtype, as a bf16 BERT does) and the product with ``v``. The products
+    run in oneDNN's bf16 kernels; on a CPU with AVX512-BF16 and no AMX, PyTorch's fused CPU
+    kernel ran bf16 attention slower than these blocks, and slower than its own fp32
+    (docs/embed.md, "Performance").
     """
     n = q.shape[1]
     q = q * scale
@@ -115,7 +115,7 @@ class _LayerNorm(nn.LayerNorm):
     """Layer norm computed in fp32 whatever the activation dtype.
 
     On the CPU, PyTorch's kernel takes bf16/fp16 input with the fp32 parameters and computes
-    in fp32 itself (a tenth of the time of converting the activations there and back).
+    in fp32 itself, without converting the activations to fp32 and back around it.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
