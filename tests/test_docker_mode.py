@@ -44,30 +44,46 @@ print(json.dumps({{"state": str(run.state), "tis": tis, "xcom": xcom}}, default=
 
 
 class LimitWatcher(threading.Thread):
-    """Records the HostConfig of every step container seen while it runs (they are removed after)."""
+    """Records the HostConfig of every step container created while it runs.
+
+    The engine's event stream names each container as it is created; it is inspected at once,
+    before it can have started, run and been removed (polling ``docker ps`` misses the short ones).
+    """
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.seen: dict[str, dict] = {}
-        self.stop = threading.Event()
+        self.missed: list[str] = []
+        self.events = subprocess.Popen(
+            ["docker", "events", "--format", "{{json .}}", "--filter", "type=container"]
+            + ["--filter", "event=create", "--filter", f"label={STEP_LABEL}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            ids = [i for i in containers(STEP_LABEL) if i not in self.seen]
-            if ids:
-                r = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=False)
-                if r.returncode == 0:
-                    for c in json.loads(r.stdout):
-                        self.seen[c["Id"][:12]] = {
-                            "step": c["Config"]["Labels"].get(STEP_LABEL),
-                            "profile": c["Config"]["Labels"].get(PROFILE_LABEL),
-                            "memory": c["HostConfig"]["Memory"],
-                            "nano_cpus": c["HostConfig"]["NanoCpus"],
-                            "network": c["HostConfig"]["NetworkMode"],
-                            "mounts": [(m["Source"], m["Destination"], m["RW"]) for m in c["Mounts"]],
-                            "env": c["Config"]["Env"],
-                        }
-            time.sleep(0.3)
+        for line in self.events.stdout:
+            cid = json.loads(line)["id"]
+            r = subprocess.run(["docker", "inspect", cid], capture_output=True, text=True, check=False)
+            if r.returncode != 0:
+                self.missed.append(cid[:12])
+                continue
+            (c,) = json.loads(r.stdout)
+            self.seen[c["Id"][:12]] = {
+                "step": c["Config"]["Labels"].get(STEP_LABEL),
+                "profile": c["Config"]["Labels"].get(PROFILE_LABEL),
+                "memory": c["HostConfig"]["Memory"],
+                "nano_cpus": c["HostConfig"]["NanoCpus"],
+                "network": c["HostConfig"]["NetworkMode"],
+                "mounts": [(m["Source"], m["Destination"], m["RW"]) for m in c["Mounts"]],
+                "env": c["Config"]["Env"],
+            }
+
+    def close(self) -> None:
+        time.sleep(1)  # the last create events are in the stream
+        self.events.terminate()
+        self.join(timeout=30)
+        self.events.wait(timeout=30)
 
 
 def left_behind(lake_uri: str) -> list[str]:
@@ -134,8 +150,7 @@ def test_docker_mode_runs_every_step_in_the_worker_image(tmp_path: Path, setting
         embed, embed_log = dag_test("sclake_embed", env)
         assert embed["state"] == "success", embed
     finally:
-        watcher.stop.set()
-        watcher.join()
+        watcher.close()
 
     # The good upload is embedded, the bad one quarantined with its reason.
     (raw,) = lake.ls("raw")
@@ -159,6 +174,7 @@ def test_docker_mode_runs_every_step_in_the_worker_image(tmp_path: Path, setting
     profile = get_profile(tiny_model)
     ours = [c for c in watcher.seen.values() if f"SCLAKE_LAKE_URI={settings_s3.lake_uri}" in c["env"]]
     steps = sorted(c["step"] for c in ours)
+    assert not watcher.missed, f"step containers gone before they could be inspected: {watcher.missed}"
     assert steps.count("ingest_upload") == 2 and steps.count("validate_upload") == 2 and "embed" in steps, steps
     for c in ours:
         assert c["memory"] == int(profile.container.memory), c
