@@ -8,6 +8,11 @@ On ``file://`` the commit is one directory rename; on ``s3://`` objects are copi
 place and a ``_SUCCESS`` marker is written last. Readers treat a directory as published
 only when its marker exists, so a crashed writer leaves nothing visible, and because the
 staging path is derived from the final path a rerun can resume from what was staged.
+
+A writer of a large output may ask for it to be written in place (``in_place=True``): on
+a store without renames (S3) it then writes at the final path itself and the commit is the
+marker alone, which saves a server-side copy of every object. Readers see the same thing
+either way, since on S3 the objects of a staged commit also appear before its marker.
 """
 
 from __future__ import annotations
@@ -360,18 +365,22 @@ class Lake:
         return self.read_json(f"{final.strip('/')}/{COMMIT_MARKER}")
 
     @contextlib.contextmanager
-    def publishing(self, final: str, *, resume: bool = False, info: dict[str, Any] | None = None) -> Iterator[str]:
+    def publishing(
+        self, final: str, *, resume: bool = False, info: dict[str, Any] | None = None, in_place: bool = False
+    ) -> Iterator[str]:
         """Stage a directory output and commit it on success.
 
-        Yields the relative staging path to write into. On normal exit the staged tree
-        becomes visible at ``final`` with a ``_SUCCESS`` marker holding ``info``; on an
-        exception nothing becomes visible and the staged files stay for a resumed run
-        (``resume=True``) or are cleared by the next run (``resume=False``).
+        Yields the relative staging path to write into (:meth:`stage_path`). On normal exit
+        the staged tree becomes visible at ``final`` with a ``_SUCCESS`` marker holding
+        ``info``; on an exception nothing becomes visible and the staged files stay for a
+        resumed run (``resume=True``) or are cleared by the next run (``resume=False``).
         """
         final = final.strip("/")
+        if self.stage_path(final, in_place=in_place) == final and self.is_published(final):
+            raise LakeError(f"{self.url(final)!r} is already published; it is immutable")
         if not resume:
-            self.rm(self.paths.staging(final), recursive=True)
-        stage = self._make_stage(final)
+            self.discard_unpublished(final, in_place=in_place)
+        stage = self._make_stage(final, in_place=in_place)
         commit = dict(info or {})
         yield stage
         self.commit(stage, final, commit)
@@ -391,8 +400,23 @@ class Lake:
                 tmp.unlink(missing_ok=True)
         return stage
 
-    def _make_stage(self, final: str) -> str:
-        stage = self.paths.staging(final.strip("/"))
+    def stage_path(self, final: str, *, in_place: bool = False) -> str:
+        """Where a writer of ``final`` writes before the commit.
+
+        ``_staging/<final>``, or with ``in_place`` on a store without renames (S3) ``final``
+        itself: its commit is then the marker alone (no copy of every object).
+        """
+        final = final.strip("/")
+        return final if in_place and self.protocol != "file" else self.paths.staging(final)
+
+    def discard_unpublished(self, final: str, *, in_place: bool = False) -> None:
+        """Remove what an unfinished writer of ``final`` left (its stage); a published output stays."""
+        stage = self.stage_path(final, in_place=in_place)
+        if stage != final.strip("/") or not self.is_published(final):
+            self.rm(stage, recursive=True)
+
+    def _make_stage(self, final: str, *, in_place: bool = False) -> str:
+        stage = self.stage_path(final, in_place=in_place)
         if self.protocol == "file":
             self.fs.makedirs(self.path(stage), exist_ok=True)
         return stage
@@ -418,10 +442,14 @@ class Lake:
         :class:`LakeError`: a published output is immutable.
         """
         marker = json.dumps(info or {}, indent=2, sort_keys=True, default=str).encode()
+        stage, final = stage.strip("/"), final.strip("/")
         if self.is_published(final):
             if exist_ok:
                 return False
             raise LakeError(f"{self.url(final)!r} is already published; it is immutable")
+        if stage == final:  # written in place (stage_path): the marker is the commit
+            self.write_bytes(f"{final}/{COMMIT_MARKER}", marker)
+            return True
         if self.protocol == "file":
             src, dst = Path(self.path(stage)), Path(self.path(final))
             (src / COMMIT_MARKER).write_bytes(marker)

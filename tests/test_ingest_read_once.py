@@ -150,8 +150,8 @@ def lake_settings(server: Server, tmp_path: Path, prefix: str) -> Settings:
 
 
 def own_spool_files() -> list[Path]:
-    folder = Path(raw.tempfile.gettempdir()) / raw.SPOOL_DIR
-    return sorted(folder.glob(f"{os.getpid()}-*")) if folder.is_dir() else []
+    folders = (Path(raw.tempfile.gettempdir()) / raw.SPOOL_DIR, raw.SHM / raw.SPOOL_DIR)
+    return sorted(f for folder in folders if folder.is_dir() for f in folder.glob(f"{os.getpid()}-*"))
 
 
 def test_an_s3_upload_is_read_once(server: Server, tmp_path: Path) -> None:
@@ -220,6 +220,43 @@ def test_spool_files_of_dead_processes_are_removed(settings_s3: Settings, tmp_pa
     assert raw.spool_for(lake, raw.resolve_upload(lake, str(path))) is None
 
 
+def test_a_spool_goes_to_memory_only_where_it_fits_in_a_small_share_of_it(
+    settings_s3: Settings, tmp_path: Path, monkeypatch
+) -> None:
+    lake = Lake(settings_s3)
+    path = write_sample(tmp_path / "m.h5ad", cells=40, genes=200, seed=44)
+    lake.put(path, "incoming/m.h5ad")
+    up = raw.resolve_upload(lake, "incoming/m.h5ad")
+    n = path.stat().st_size
+    on_disk = Path(raw.tempfile.gettempdir()) / raw.SPOOL_DIR
+    if not raw._is_tmpfs(raw.SHM):
+        assert raw.spool_for(lake, up).parent == on_disk
+        pytest.skip("/dev/shm is no memory file system here")
+    monkeypatch.setattr(raw, "memory_at_hand", lambda: n * raw.SHM_SHARE)
+    spool = raw.spool_for(lake, up)
+    assert spool.parent == raw.SHM / raw.SPOOL_DIR
+    fp = raw.fingerprint(lake, up, spool)
+    assert spool.read_bytes() == path.read_bytes() and fp.size == n
+    raw.drop_spool(spool)
+    monkeypatch.setattr(raw, "memory_at_hand", lambda: n * raw.SHM_SHARE - 1)
+    assert raw.spool_for(lake, up).parent == on_disk
+
+
+def test_memory_at_hand_is_bounded_by_the_memory_cgroup() -> None:
+    from benchmarks.memory_cgroup import MemoryCgroup, available
+
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    limit = 768 * 2**20
+    code = "from pipelines.ingest import raw; print(raw.memory_at_hand())"
+    with MemoryCgroup(f"sclake-test-shm-{os.getpid()}", limit) as cg:
+        r = subprocess.run(cg.wrap([sys.executable, "-c", code]), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 0 < int(r.stdout) <= limit
+    assert raw.memory_at_hand() > limit  # outside it: the machine's available memory
+
+
 def _can_hide_folders() -> bool:
     """Whether this machine lets a process mount over a folder in a private mount namespace."""
     probe = subprocess.run(
@@ -272,6 +309,7 @@ def test_a_clusters_workers_read_the_spool_only_where_they_can(
         pytest.skip("this machine does not allow private mount namespaces (unshare --mount)")
     DRIVER_TMP.mkdir(exist_ok=True)
     monkeypatch.setattr(raw.tempfile, "tempdir", str(DRIVER_TMP))
+    monkeypatch.setattr(raw, "memory_at_hand", lambda: 0)  # the spool in the temporary folder, not /dev/shm
     name = "seen" if workers_see_spool else "hidden"
     settings = lake_settings(server, tmp_path, name).model_copy(update={"dask_address": stack_cluster})
     lake = Lake(settings)

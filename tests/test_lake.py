@@ -101,6 +101,48 @@ def test_published_output_is_immutable(any_settings) -> None:
             lake.write_bytes(f"{stage}/x", b"2")
 
 
+def test_in_place_publish_writes_at_the_final_path_on_s3_only(any_settings) -> None:
+    """``in_place``: on S3 the store is written where it ends up and the marker alone commits it
+    (no copy); on ``file://`` it is staged and renamed as before. Unpublished either way until
+    the marker, resumable after a crash, and a published output is never written into."""
+    lake = Lake(any_settings)
+    final = PATHS.zarr(DID)
+    expected = final if lake.protocol == "s3" else PATHS.staging(final)
+    assert lake.stage_path(final, in_place=True) == expected
+    assert lake.stage_path(final) == PATHS.staging(final)
+    with pytest.raises(RuntimeError, match="crash"):
+        with lake.publishing(final, in_place=True, resume=True) as stage:
+            assert stage == expected
+            lake.write_bytes(f"{stage}/parts/00000/c", b"0")
+            raise RuntimeError("crash")
+    assert not lake.is_published(final)
+    with lake.publishing(final, in_place=True, resume=True, info={"rows": 2}) as stage:
+        assert lake.read_bytes(f"{stage}/parts/00000/c") == b"0"  # kept for the resumed run
+        lake.write_bytes(f"{stage}/parts/00001/c", b"1")
+        assert not lake.is_published(final)
+    assert lake.commit_info(final) == {"rows": 2}
+    assert lake.ls(final, recursive=True) == [
+        f"{final}/{COMMIT_MARKER}",
+        f"{final}/parts/00000/c",
+        f"{final}/parts/00001/c",
+    ]
+    assert not lake.exists(PATHS.staging(final))
+    with pytest.raises(LakeError, match="immutable"):
+        with lake.publishing(final, in_place=True) as stage:
+            lake.write_bytes(f"{stage}/parts/00000/c", b"other")
+    assert lake.read_bytes(f"{final}/parts/00000/c") == b"0"
+    # A fresh (non-resumed) writer starts from nothing; discarding leaves a published output alone.
+    other = PATHS.zarr(DID[::-1])
+    with pytest.raises(RuntimeError):
+        with lake.publishing(other, in_place=True) as stage:
+            lake.write_bytes(f"{stage}/old", b"old")
+            raise RuntimeError("crash")
+    with lake.publishing(other, in_place=True) as stage:
+        assert not lake.exists(f"{stage}/old")
+    lake.discard_unpublished(final, in_place=True)
+    assert lake.is_published(final)
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("limit", [None, 64 * 2**20])

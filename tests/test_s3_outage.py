@@ -130,7 +130,7 @@ def test_s3_outage_fails_the_task_cleanly_and_the_retry_recovers(
         key = "incoming/lab-a/upload.h5ad"
         lake.put(upload, key)
         dataset_id = lake.sha256(key)[:16]
-        stage = Path(on_disk.path(PATHS.staging(PATHS.zarr(dataset_id))))
+        stage = Path(on_disk.path(PATHS.zarr(dataset_id)))  # on S3 the store is written in place
 
         env = airflow_env(
             tmp_path,
@@ -176,7 +176,7 @@ def test_s3_outage_fails_the_task_cleanly_and_the_retry_recovers(
 
             # Nothing half-published, the upload still waiting, nothing quarantined.
             assert not on_disk.is_published(PATHS.zarr(dataset_id))
-            assert on_disk.ls(PATHS.zarr_dir) == []
+            assert on_disk.ls(PATHS.zarr_dir) == [PATHS.zarr(dataset_id)]  # unfinished, in place, without its marker
             assert on_disk.read_bytes(key) == upload.read_bytes()
             assert on_disk.ls(PATHS.quarantine_dir, recursive=True) == []
             raw = PATHS.raw(dataset_id)

@@ -185,28 +185,90 @@ def fingerprint(lake: Lake, up: Upload, spool: Path | None = None) -> Fingerprin
 
 SPOOL_DIR = "sclake-spool"  # under the system's temporary folder
 SPOOL_HEADROOM = 512 * 2**20  # free space left on the spool's file system beyond the upload
+SHM = Path("/dev/shm")  # a memory file system: a spool there is never written back to a disk
+SHM_SHARE = 8  # a spool in memory may take at most this fraction of the memory at hand
 
 
 def spool_for(lake: Lake, up: Upload) -> Path | None:
     """A local file to hold an S3 upload's bytes while it is ingested, or ``None``.
 
-    ``None`` for uploads that are local files already, and when the temporary folder's file
-    system lacks the upload's size plus :data:`SPOOL_HEADROOM` (the tasks then read the
-    store). The file is named after this process (``<pid>-<random>.h5ad``); spool files of
-    processes that no longer run (a killed ingest) are removed here. The caller removes
-    its own with :func:`drop_spool`.
+    ``None`` for uploads that are local files already, and when no file system has room for
+    the upload's size plus :data:`SPOOL_HEADROOM` (the tasks then read the store). The spool
+    goes to ``/dev/shm`` when it is a memory file system and the upload takes at most
+    1/:data:`SHM_SHARE` of the memory this process may still use (the machine's available
+    memory, or its cgroup's limit less what the cgroup uses, whichever is less): the bytes
+    are then never written back to a disk while the conversion reads them. Else it goes to
+    the system's temporary folder. The file is named after this process
+    (``<pid>-<random>.h5ad``); spool files of processes that no longer run (a killed ingest)
+    are removed here. The caller removes its own with :func:`drop_spool`.
     """
     if up.local is not None or lake.protocol != "s3":
         return None
-    folder = Path(tempfile.gettempdir()) / SPOOL_DIR
-    folder.mkdir(exist_ok=True)
-    for old in folder.glob("*-*"):
-        pid = old.name.split("-", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
-            old.unlink(missing_ok=True)
-    if shutil.disk_usage(folder).free < size(lake, up) + SPOOL_HEADROOM:
-        return None
-    return folder / f"{os.getpid()}-{uuid.uuid4().hex[:16]}.h5ad"
+    for folder in (SHM / SPOOL_DIR, Path(tempfile.gettempdir()) / SPOOL_DIR):
+        for old in folder.glob("*-*") if folder.is_dir() else ():
+            pid = old.name.split("-", 1)[0]
+            if pid.isdigit() and not _running(int(pid)):
+                old.unlink(missing_ok=True)
+    n = size(lake, up)
+    for folder in _spool_folders(n):
+        with contextlib.suppress(OSError):
+            folder.mkdir(exist_ok=True)
+            if shutil.disk_usage(folder).free >= n + SPOOL_HEADROOM:
+                return folder / f"{os.getpid()}-{uuid.uuid4().hex[:16]}.h5ad"
+    return None
+
+
+def _spool_folders(n: int) -> list[Path]:
+    """Where a spool of ``n`` bytes may go, best first (:func:`spool_for`)."""
+    folders = [Path(tempfile.gettempdir()) / SPOOL_DIR]
+    if n * SHM_SHARE <= memory_at_hand() and _is_tmpfs(SHM):
+        folders.insert(0, SHM / SPOOL_DIR)
+    return folders
+
+
+def memory_at_hand() -> int:
+    """Bytes of memory this process may still fill: the machine's available memory, or less
+    where a memory cgroup of this process or of its parents is nearer its limit (v2 or v1)."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        available = int(re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.M).group(1)) * 1024
+    except (OSError, AttributeError):
+        return 0
+    for folder, limit_name, usage_name in _memory_cgroups():
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                limit = (folder / limit_name).read_text().strip()
+                if limit.isdigit():
+                    available = min(available, int(limit) - int((folder / usage_name).read_text()))
+            if folder.parent == folder or not (folder.parent / limit_name).exists():
+                break
+            folder = folder.parent
+    return max(available, 0)
+
+
+def _memory_cgroups() -> list[tuple[Path, str, str]]:
+    """This process's memory cgroup folders, with their limit and usage file names."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            out.append((Path("/sys/fs/cgroup") / path.lstrip("/"), "memory.max", "memory.current"))
+        elif "memory" in controllers.split(","):
+            folder = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            out.append((folder, "memory.limit_in_bytes", "memory.usage_in_bytes"))
+    return [c for c in out if (c[0] / c[1]).exists()]
+
+
+def _is_tmpfs(path: Path) -> bool:
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return False
+    return any(f.split()[1:3] == [str(path), "tmpfs"] for f in mounts if len(f.split()) > 2)
 
 
 def spool_readable(path: str, size: int) -> bool:

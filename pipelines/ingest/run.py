@@ -9,8 +9,9 @@ copy it to ``raw/`` and verify the copy, convert it part by part with Dask tasks
 staged Zarr store (:mod:`pipelines.ingest.store`), publish the store atomically, write the
 obs table (:mod:`pipelines.ingest.cells`), and only then remove the upload from ``incoming/``.
 
-A crashed run leaves nothing visible: the store is staged under ``_staging/`` and parts
-finished before the crash are kept there, so running again converts only what is left.
+A crashed run leaves nothing visible: the store is staged (under ``_staging/``, or on S3
+at its final path without its ``_SUCCESS`` marker) and parts finished before the crash are
+kept there, so running again converts only what is left.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.dask_cluster import INGEST_MODULES, start_fork_server
 from pipelines.errors import InputError, LakeError
 from pipelines.ingest import raw
-from pipelines.ingest.cells import write_cells
+from pipelines.ingest.cells import commit_cells, stage_cells, write_cells
 from pipelines.ingest.store import convert, transpose_scratch
 from pipelines.lake import PATHS, Lake
 from pipelines.logs import get_logger
@@ -229,6 +230,11 @@ def _convert_upload(run: _Run, fp: raw.Fingerprint) -> IngestResult:
         raw_copy.result()
         spec = replace(spec, url=lake.url(raw_rel), storage_options=lake.storage_options)
     t = time.perf_counter()
+    cells: list[tuple[str, int] | None] = []
+
+    def table_of_cells(client: Any, store: str) -> None:  # built by the cluster, from the finished store
+        cells.append(stage_cells(lake, dataset_id, store, client=client))
+
     try:
         n_parts = convert(
             run.settings,
@@ -239,17 +245,18 @@ def _convert_upload(run: _Run, fp: raw.Fingerprint) -> IngestResult:
             client=run.client,
             after_parts=run.release_cluster,
             before_commit=raw_copy.result,
+            with_cluster=table_of_cells,
         )
     except InputError:
         with contextlib.suppress(Exception):
             raw_copy.result()
         if up.rel != raw_rel:
             lake.rm(raw_rel)  # a rejected file is no accepted original
-        lake.rm(PATHS.staging(zrel), recursive=True)
+        lake.discard_unpublished(zrel, in_place=True)
         lake.rm(transpose_scratch(dataset_id), recursive=True)
         raise
     timings["convert"] = time.perf_counter() - t
-    write_cells(lake, dataset_id)
+    commit_cells(lake, dataset_id, cells[0] if cells else stage_cells(lake, dataset_id, zrel))
     raw.remove_upload(lake, up)
     result = IngestResult(
         dataset_id,

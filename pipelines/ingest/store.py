@@ -1,11 +1,13 @@
 """The Zarr store of one upload: planned in parts, converted on Dask, published whole.
 
-:func:`convert` writes ``zarr/<dataset_id>.zarr`` from a :class:`~pipelines.ingest.source.SourceSpec`:
-the store is staged under ``_staging/`` with the plan it is being converted from
-(:data:`PLAN_ATTR`), each part is a Dask task (:mod:`pipelines.ingest.convert`) that writes
-one row range, parts already complete after a crash are kept, column-major sources are
-transposed through a scratch folder first, and the store is committed only once every part
-is written (and ``before_commit`` has not raised). Called by the ingest step
+:func:`convert` writes ``zarr/<dataset_id>.zarr`` from a :class:`~pipelines.ingest.source.SourceSpec`.
+The store is staged with the plan it is being converted from (:data:`PLAN_ATTR`): under
+``_staging/`` on ``file://``, renamed at the commit; at its final path on S3, where the
+commit is the ``_SUCCESS`` marker alone (:meth:`Lake.stage_path`, no copy of the store).
+Each part is a Dask task (:mod:`pipelines.ingest.convert`) that writes one row range,
+parts already complete after a crash are kept, column-major sources are transposed
+through a scratch folder first, and the store is committed only once every part is
+written (and ``before_commit`` has not raised). Called by the ingest step
 (:mod:`pipelines.ingest.run`).
 """
 
@@ -59,6 +61,7 @@ def convert(
     client: Any = None,
     after_parts: Any = None,
     before_commit: Any = None,
+    with_cluster: Any = None,
 ) -> int:
     """Convert the source into ``zarr/<dataset_id>.zarr`` (staged, resumed, published); returns the part count.
 
@@ -67,7 +70,9 @@ def convert(
     given, is called once the cluster's work is done (every part written), so that the
     caller can let its cluster go while the store is published. ``before_commit``, if
     given, is called once every part is written, before the store is published (it may
-    raise to prevent the publication).
+    raise to prevent the publication). ``with_cluster``, if given, is called as
+    ``with_cluster(client, stage)`` once the store is complete but unpublished (``stage`` its
+    lake path), while the cluster is still held, before ``after_parts``.
     """
     from pipelines.dataset import ENCODING, PARTS_GROUP, STATS_GROUP, open_store
     from pipelines.ingest.writer import part_is_complete
@@ -95,7 +100,7 @@ def convert(
         "gene_id_source": spec.gene_id_source,
         "sclake_version": __version__,
     }
-    with lake.publishing(zrel, resume=True, info=commit_info) as stage:
+    with lake.publishing(zrel, resume=True, info=commit_info, in_place=True) as stage:
         stage_url = lake.url(stage)
         store = open_store(stage_url, lake.storage_options, read_only=False)
         root = _open_staged_root(store, plan)
@@ -114,10 +119,12 @@ def convert(
                 client = client()  # a client still starting (BackgroundClient.get)
             # The genes (var, at the root) are written by a task too: the driver never needs anndata.
             done.update(_run_parts(client, settings, lake, spec, dataset_id, stage_url, parts, todo))
+            records = [done[i] for i, _, _ in parts]
+            root.attrs.put(_root_attrs(spec, dataset_id, sha, settings, records))
+            if with_cluster is not None:
+                with_cluster(client, stage)
         if after_parts is not None:
             after_parts()
-        records = [done[i] for i, _, _ in parts]
-        root.attrs.put(_root_attrs(spec, dataset_id, sha, settings, records))
         if before_commit is not None:
             before_commit()
     return len(parts)
