@@ -37,8 +37,7 @@ def stage_cells(lake: Lake, dataset_id: str, store: str, *, client: Any = None) 
     if lake.is_published(final):
         return None
     stage = lake.open_stage(final)
-    out = f"{stage}/{PATHS.cells_obs(dataset_id).rpartition('/')[2]}"
-    args = (lake.url(store), lake.url(out), lake.storage_options, dataset_id)
+    args = (lake.url(store), lake.url(f"{stage}/obs.parquet"), lake.storage_options, dataset_id)
     if client is None:
         rows = build_cells(*args)
     else:

@@ -204,26 +204,20 @@ def spool_for(lake: Lake, up: Upload) -> Path | None:
     """
     if up.local is not None or lake.protocol != "s3":
         return None
-    for folder in (SHM / SPOOL_DIR, Path(tempfile.gettempdir()) / SPOOL_DIR):
+    in_memory, on_disk = SHM / SPOOL_DIR, Path(tempfile.gettempdir()) / SPOOL_DIR
+    for folder in (in_memory, on_disk):
         for old in folder.glob("*-*") if folder.is_dir() else ():
             pid = old.name.split("-", 1)[0]
             if pid.isdigit() and not _running(int(pid)):
                 old.unlink(missing_ok=True)
     n = size(lake, up)
-    for folder in _spool_folders(n):
+    fits_in_memory = n * SHM_SHARE <= memory_at_hand() and _is_tmpfs(SHM)
+    for folder in (in_memory, on_disk) if fits_in_memory else (on_disk,):
         with contextlib.suppress(OSError):
             folder.mkdir(exist_ok=True)
             if shutil.disk_usage(folder).free >= n + SPOOL_HEADROOM:
                 return folder / f"{os.getpid()}-{uuid.uuid4().hex[:16]}.h5ad"
     return None
-
-
-def _spool_folders(n: int) -> list[Path]:
-    """Where a spool of ``n`` bytes may go, best first (:func:`spool_for`)."""
-    folders = [Path(tempfile.gettempdir()) / SPOOL_DIR]
-    if n * SHM_SHARE <= memory_at_hand() and _is_tmpfs(SHM):
-        folders.insert(0, SHM / SPOOL_DIR)
-    return folders
 
 
 def memory_at_hand() -> int:
@@ -268,7 +262,7 @@ def _is_tmpfs(path: Path) -> bool:
         mounts = Path("/proc/self/mounts").read_text().splitlines()
     except OSError:
         return False
-    return any(f.split()[1:3] == [str(path), "tmpfs"] for f in mounts if len(f.split()) > 2)
+    return any(line.split()[1:3] == [str(path), "tmpfs"] for line in mounts)
 
 
 def spool_readable(path: str, size: int) -> bool:

@@ -230,7 +230,7 @@ def _convert_upload(run: _Run, fp: raw.Fingerprint) -> IngestResult:
         raw_copy.result()
         spec = replace(spec, url=lake.url(raw_rel), storage_options=lake.storage_options)
     t = time.perf_counter()
-    cells: list[tuple[str, int] | None] = []
+    cells: list[tuple[str, int] | None] = []  # filled by convert() before it publishes the store
 
     def table_of_cells(client: Any, store: str) -> None:  # built by the cluster, from the finished store
         cells.append(stage_cells(lake, dataset_id, store, client=client))
@@ -256,7 +256,7 @@ def _convert_upload(run: _Run, fp: raw.Fingerprint) -> IngestResult:
         lake.rm(transpose_scratch(dataset_id), recursive=True)
         raise
     timings["convert"] = time.perf_counter() - t
-    commit_cells(lake, dataset_id, cells[0] if cells else stage_cells(lake, dataset_id, zrel))
+    commit_cells(lake, dataset_id, cells[0])
     raw.remove_upload(lake, up)
     result = IngestResult(
         dataset_id,
