@@ -216,6 +216,9 @@ def _where_to_look(settings: Settings, rows: list[Any], dataset_id: str, echo) -
     )
     echo(f"  MLflow      {settings.mlflow_tracking_uri}  (annotators: Models, sclake-annotator-{ANNOTATOR})")
     for r in rows:
+        if r.name == "dask-scheduler" and r.state == "running":
+            echo(f"  Dask        {r.url}  (scheduler {settings.dask_address}: every step's tasks run there)")
+    for r in rows:
         if r.name in ("prometheus", "pushgateway") and r.state == "running":
             echo(f"  {r.name:<11} {r.url}")
     off = metrics_off_note()

@@ -58,6 +58,8 @@ def test_demo_runs_end_to_end(tmp_path: Path, models_dir: Path, tiny_model: str)
         assert annotated and annotated.group(1) != m.group(1) and annotated.group(2) == "200", r.stdout
         assert "Predicted labels of the second sample" in r.stdout and "predicted" in r.stdout
         assert "Airflow" in r.stdout and "MLflow" in r.stdout
+        where = r.stdout[r.stdout.index("Where to look:") :]
+        assert re.search(r"\n  Dask +http://\S+:\d+/\S*  \(scheduler tcp://\S+:\d+", where), where
         # A second demo with the same sample finds the embeddings and only prints the query.
         again = subprocess.run(
             [sclake, "demo", "--cells", "400", "--genes", "3000"], env=env, capture_output=True, text=True, timeout=900
