@@ -167,6 +167,7 @@ def child_sclake(spec: dict[str, Any]) -> dict[str, Any]:
         "tokenize_s": result.stage_seconds["tokenize"],
         "padded_tokens": result.padded_tokens,
         "tokens": result.tokens,
+        "attention": result.attention,
         "peak_rss_bytes": peak_rss(),
     }
 
@@ -390,6 +391,7 @@ def summarise_sclake(
         "compute_vs_helical_fp32_embed": cps / helical["embed_cells_per_s"],
         "tokens": best["tokens"],
         "padded_tokens": best.get("padded_tokens"),
+        "attention": best.get("attention"),
         "model_gflops": gflops,
         # emulated bf16 runs on the fp32 units: the fp32 peak is its yardstick
         "matmul_peak_used": peak_name,
@@ -401,6 +403,30 @@ def summarise_sclake(
     for name, ref in refs.items():
         cos = cosine(emb, ref[: len(emb)])
         out[f"cosine_vs_{name}_min"], out[f"cosine_vs_{name}_mean"] = float(cos.min()), float(cos.mean())
+    return out
+
+
+def attention_kernels(spec_m: Any, length: int, threads: int) -> dict[str, Any]:
+    """One cell's attention at the median length in each kind and precision, as the engine times
+    them to choose (``SCLAKE_CPU_ATTENTION=auto``): ms and GFLOP/s (``4·heads·length²·d``)."""
+    import torch
+
+    from pipelines.embed.encoder import choose_cpu_attention, time_attention
+    from pipelines.profiles import bf16_supported
+
+    torch.set_num_threads(threads)
+    heads, d = spec_m.num_heads, spec_m.hidden_size // spec_m.num_heads
+    flop = 4 * heads * length**2 * d
+    out: dict[str, Any] = {"length": length, "heads": heads, "head_dim": d}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name == "bf16" and not bf16_supported("cpu"):
+            continue
+        seconds = time_attention(heads, d, dtype, length)
+        out[name] = {
+            "chosen": choose_cpu_attention(heads, d, dtype, length=length).kind,
+            "ms": {k: round(s * 1e3, 2) for k, s in seconds.items()},
+            "gflops": {k: round(flop / s / 1e9, 1) for k, s in seconds.items()},
+        }
     return out
 
 
@@ -418,6 +444,7 @@ def bench_model(model: str, n_cells: int, args: argparse.Namespace, dataset_id: 
     helical = summarise_helical(runs["helical"], flops)
     refs = {"helical": np.load(args.workdir / f"{model}-helical.npy")}
     out: dict[str, Any] = {"model": model, "architecture": arch, "flops_per_cell": flops, "helical": helical}
+    out["attention_kernels"] = attention_kernels(spec_m, int(np.median(best_h["lengths"])), args.threads)
     for prec in args.precisions:
         out[f"sclake_{prec}"] = summarise_sclake(runs[f"sclake_{prec}"], helical, flops, peaks, refs)
         if prec == "fp32":
@@ -521,8 +548,14 @@ def print_summary(report: dict[str, Any]) -> None:
                 f"({_fmt(s['vs_helical_fp32'], '.1f')}x Helical; in CPU time "
                 f"{_fmt(s['vs_helical_fp32_cpu_time'], '.1f')}x), compute {s['compute_cells_per_s']:.2f} cells/s, "
                 f"{s['model_gflops']:.0f} GFLOP/s = {100 * (s['share_of_matmul_peak'] or 0):.0f}% of the "
-                f"{s['matmul_peak_used']} matmul peak, peak RSS {s['peak_rss_bytes'] / 2**30:.2f} GiB, {cos}"
+                f"{s['matmul_peak_used']} matmul peak, attention {s.get('attention')}, "
+                f"peak RSS {s['peak_rss_bytes'] / 2**30:.2f} GiB, {cos}"
             )
+        kernels = r["attention_kernels"]
+        for prec in ("fp32", "bf16"):
+            if prec in kernels:
+                k = kernels[prec]
+                print(f"  attention {prec}, one {kernels['length']}-token cell: {k['ms']} ms, chosen {k['chosen']}")
 
 
 def _cpu_model() -> str:

@@ -89,6 +89,7 @@ def step_environment(settings: Settings, gpus: int = 0) -> dict[str, str]:
         "SCLAKE_SHARD_CELLS": str(settings.shard_cells),
         "SCLAKE_DASK_WORKERS": str(settings.dask_workers),
         "SCLAKE_DASK_WORKER_MEMORY": settings.dask_worker_memory,
+        "SCLAKE_CPU_ATTENTION": settings.cpu_attention,
         "HF_HUB_OFFLINE": "1",
         "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
         "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     dask_worker_memory: str = Field(
         default="2GiB", description="Memory limit of each LocalCluster worker (the nanny restarts one beyond it)."
     )
+    cpu_attention: Literal["auto", "fused", "blocks"] = Field(
+        default="auto",
+        description=(
+            "How the embedding engine computes attention on the CPU: `auto` (fp32 in PyTorch's fused kernel;"
+            " bf16 in that kernel or in blocks of query rows, whichever is timed faster on the CPU at start),"
+            " `fused` or `blocks`."
+        ),
+    )
     pushgateway_url: str | None = Field(default=None, description="Prometheus Pushgateway; empty: no push.")
     models_dir: Path | None = Field(
         default=None,

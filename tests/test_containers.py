@@ -25,6 +25,7 @@ def test_embedded_layout_binds_models_read_only_and_a_file_lake_read_write(setti
     env = kwargs["environment"]
     assert env["SCLAKE_MODELS_DIR"] == models and env["CACHE_DIR_HELICAL_PREFIX"] == models
     assert env["HF_HUB_OFFLINE"] == "1" and "SCLAKE_S3_SECRET_KEY" not in env
+    assert env["SCLAKE_CPU_ATTENTION"] == settings.cpu_attention == "auto"  # the engine computes as here
     assert kwargs["private_environment"] == {"SCLAKE_S3_SECRET_KEY": "sk"}
     # The compose layout is chosen by settings, not by where the code runs.
     compose = deploy.docker_operator_kwargs(settings.model_copy(update={"docker_stack": "compose"}))

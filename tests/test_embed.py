@@ -109,7 +109,7 @@ def fresh(settings: Settings, dataset_id: str, model: str) -> None:
 def test_embeddings_match_helical_fp32(lake_settings, dataset_id, tiny_model, adata, helical_embeddings):
     fresh(lake_settings, dataset_id, tiny_model)
     result = embed_dataset(lake_settings, dataset_id, tiny_model, device="cpu", precision="fp32")
-    assert result.precision == "fp32" and result.device == "cpu"
+    assert result.precision == "fp32" and result.device == "cpu" and result.attention == "fused"
     assert result.rows == N_CELLS and result.parts == 3 and result.width == 32
     assert [f["rows"] for f in result.files] == [46, 47, 47]
     assert result.cells_per_s > 0 and result.peak_rss_bytes > 0
@@ -153,6 +153,23 @@ def test_bf16_on_a_cpu_with_bf16_hardware(lake_settings, dataset_id, tiny_model)
     _, emb = read_embeddings(lake_settings, dataset_id, tiny_model)
     assert cosine(emb, ref).min() >= 0.99, cosine(emb, ref).min()
     assert np.abs(emb - ref).max() > 0  # computed in bf16 indeed, not fp32 again
+    assert bf16.attention in ("fused", "blocks")  # whichever was timed faster on this CPU
+    published = embed_dataset(lake_settings, dataset_id, tiny_model)
+    assert published.reused and published.attention == bf16.attention  # kept in the commit marker
+    fresh(lake_settings, dataset_id, tiny_model)
+
+
+def test_cpu_attention_setting_reaches_the_dask_workers(lake_settings, dataset_id, tiny_model, client):
+    """SCLAKE_CPU_ATTENTION=blocks: fp32 in blocks on every worker, the same embeddings to rounding."""
+    fresh(lake_settings, dataset_id, tiny_model)
+    embed_dataset(lake_settings, dataset_id, tiny_model, precision="fp32")
+    _, fused = read_embeddings(lake_settings, dataset_id, tiny_model)
+    fresh(lake_settings, dataset_id, tiny_model)
+    blocks = lake_settings.model_copy(update={"cpu_attention": "blocks"})
+    result = embed_dataset(blocks, dataset_id, tiny_model, precision="fp32", client=client)
+    assert result.workers == 2 and result.attention == "blocks"
+    _, emb = read_embeddings(lake_settings, dataset_id, tiny_model)
+    assert cosine(emb, fused).min() >= 0.99999
     fresh(lake_settings, dataset_id, tiny_model)
 
 

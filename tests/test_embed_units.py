@@ -90,22 +90,46 @@ def test_block_attention_equals_the_fused_kernel(length, dtype):
         assert cos.min() >= 0.999, cos.min()
 
 
-def test_packed_bf16_cells_match_the_padded_bf16_path(model_dir):
-    """bf16 on the CPU: packed cells (block attention, layer norms on bf16 input) against the
-    padded batch (the fused kernel, as on a GPU): per-position cosine >= 0.99."""
+@pytest.mark.parametrize("attention", ["blocks", "fused"])
+def test_packed_bf16_cells_match_the_padded_bf16_path(model_dir, attention, monkeypatch):
+    """bf16 on the CPU: packed cells (either attention, layer norms on bf16 input) against the
+    padded batch (the fused kernel with a mask, as on a GPU): per-position cosine >= 0.99."""
     import torch.nn.functional as F
 
+    from pipelines.embed import encoder
+
+    ran = []
+    real = encoder.block_attention
+    monkeypatch.setattr(encoder, "block_attention", lambda *a: ran.append(1) or real(*a))
     ids, lengths = _batch(2)
-    enc = load_encoder(model_dir, precision="bf16")
+    enc = load_encoder(model_dir, precision="bf16", attention=attention)
+    assert enc.attention.kind == attention and enc.attention.seconds == {}
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
     packed = torch.cat([ids[i, :n] for i, n in enumerate(lengths.tolist())])
     with torch.inference_mode():
         padded = enc(ids, lengths).float()
         flat = enc.forward_packed(packed, offsets).float()
+    assert bool(ran) == (attention == "blocks")  # the chosen kernel is the one that ran
     assert flat.dtype == torch.float32 and torch.isfinite(flat).all()
     for i, n in enumerate(lengths.tolist()):
         cos = F.cosine_similarity(flat[offsets[i] : offsets[i + 1]], padded[i, :n], dim=1)
         assert cos.min() >= 0.99, (i, cos.min())
+
+
+def test_cpu_attention_is_timed_in_bf16_and_fused_in_fp32(model_dir):
+    """``auto``: bf16 takes whichever kind was timed faster here, fp32 the fused kernel; a
+    kind that is set is taken as it is; anything else is refused."""
+    from pipelines.embed.encoder import choose_cpu_attention
+
+    timed = choose_cpu_attention(4, 16, torch.bfloat16, length=300)
+    assert set(timed.seconds) == {"blocks", "fused"} and all(s > 0 for s in timed.seconds.values())
+    assert timed.kind == min(timed.seconds, key=timed.seconds.get)
+    assert timed.reason.startswith(f"{timed.kind}: the faster on this CPU") and "300-token" in timed.reason
+    assert choose_cpu_attention(4, 16, torch.float32).kind == "fused"
+    assert choose_cpu_attention(4, 16, torch.float32, requested="blocks").kind == "blocks"
+    assert load_encoder(model_dir, precision="bf16").attention.seconds.keys() == {"blocks", "fused"}
+    with pytest.raises(ValueError, match="attention 'flash' is not one of"):
+        load_encoder(model_dir, attention="flash")
 
 
 def test_layers_outside_helicals_range_are_refused(model_dir):

@@ -11,10 +11,12 @@ the mean over each cell's non-padding positions, ``<cls>`` and ``<eos>`` exclude
 vocabulary has them.
 
 Attention is PyTorch's ``scaled_dot_product_attention`` with a key-padding mask (fused
-kernels on CPU and CUDA), except for packed cells on the CPU in bf16/fp16, where it runs
-in blocks of query rows (:func:`block_attention`). In bf16/fp16 the weights of the linear
-layers are converted once; layer norms, softmax accumulation and pooling stay in fp32
-inputs where it matters.
+kernels on CPU and CUDA). For packed cells on the CPU in bf16/fp16 it runs either in that
+fused kernel or in blocks of query rows (:func:`block_attention`), whichever
+:func:`choose_cpu_attention` times faster on this CPU when the encoder is loaded (oneDNN's
+kernels differ by instruction set: with AVX512-BF16 and no AMX the blocks were faster). In
+bf16/fp16 the weights of the linear layers are converted once; layer norms, softmax
+accumulation and pooling stay in fp32 inputs where it matters.
 
 Only ``torch`` (and ``safetensors`` for ``.safetensors`` weights) is imported, so the inner
 loop runs where neither anndata nor Helical is installed.
@@ -111,6 +113,77 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
         out[a : a + ATTENTION_ROWS] = torch.matmul(torch.softmax(scores, -1), v).transpose(0, 1)
 
 
+ATTENTION_KINDS = ("auto", "fused", "blocks")
+# Tokens of the cell that choose_cpu_attention times: near the median length of Geneformer inputs.
+TUNE_LENGTH = 1024
+
+
+@dataclass(frozen=True)
+class AttentionChoice:
+    """How the encoder computes attention, and why.
+
+    Attributes
+    ----------
+    kind : {"fused", "blocks"}
+        PyTorch's fused kernel, or :func:`block_attention`.
+    reason : str
+        One line: the timings it was chosen from, or what decided it otherwise.
+    seconds : dict
+        Best time of each kind on one cell of ``TUNE_LENGTH`` tokens, when timed.
+    """
+
+    kind: str
+    reason: str
+    seconds: dict[str, float]
+
+
+def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor) -> None:
+    """Attention of one cell in PyTorch's fused kernel; arguments as in :func:`block_attention`."""
+    out.copy_(F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale)[0].transpose(0, 1))
+
+
+def time_attention(heads: int, head_dim: int, dtype: torch.dtype, length: int = TUNE_LENGTH) -> dict[str, float]:
+    """Best time in seconds of each kind (``blocks``, ``fused``) on one cell of ``length`` random
+    tokens with torch's current threads: one warm-up run, then the best of three."""
+    import time
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(heads, length, head_dim, generator=gen).to(dtype) for _ in range(3))
+    out = torch.empty(length, heads, head_dim, dtype=dtype)
+    seconds = {}
+    with torch.inference_mode():
+        for kind, run in (("blocks", block_attention), ("fused", _fused_attention)):
+            times = []
+            for _ in range(4):
+                start = time.perf_counter()
+                run(q, k, v, 1.0 / math.sqrt(head_dim), out)
+                times.append(time.perf_counter() - start)
+            seconds[kind] = min(times[1:])
+    return seconds
+
+
+def choose_cpu_attention(
+    heads: int, head_dim: int, dtype: torch.dtype, *, requested: str = "auto", length: int = TUNE_LENGTH
+) -> AttentionChoice:
+    """Pick how packed cells' attention runs on this CPU.
+
+    ``requested`` ``fused`` or ``blocks`` is taken as it is. ``auto``: fp32 takes the fused
+    kernel (about 80% of the fp32 matmul peak on Zen 3 and Zen 4, where the blocks ran 1.5x
+    slower); bf16/fp16 take whichever :func:`time_attention` finds faster on one cell of
+    ``length`` tokens (some 0.1 s at load). Their embeddings differ only by rounding.
+    """
+    if requested not in ATTENTION_KINDS:
+        raise ValueError(f"attention {requested!r} is not one of {list(ATTENTION_KINDS)}")
+    if requested != "auto":
+        return AttentionChoice(requested, f"{requested}: as set", {})
+    if dtype == torch.float32:
+        return AttentionChoice("fused", "fused: fp32 runs in PyTorch's fused kernel", {})
+    seconds = time_attention(heads, head_dim, dtype, length)
+    kind = min(seconds, key=seconds.__getitem__)
+    timings = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in seconds.items())
+    return AttentionChoice(kind, f"{kind}: the faster on this CPU ({timings} per {length:,}-token cell)", seconds)
+
+
 class _LayerNorm(nn.LayerNorm):
     """Layer norm computed in fp32 whatever the activation dtype.
 
@@ -145,21 +218,19 @@ class _Layer(nn.Module):
         ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask, scale=1.0 / math.sqrt(d))
         return self._rest(ctx.transpose(1, 2).reshape(b, s, h), x)
 
-    def forward_packed(self, x: torch.Tensor, bounds: list[tuple[int, int]]) -> torch.Tensor:
-        """Packed cells ``[tokens, hidden]``: attention runs per cell, so no padding and no mask."""
+    def forward_packed(self, x: torch.Tensor, bounds: list[tuple[int, int]], blocks: bool) -> torch.Tensor:
+        """Packed cells ``[tokens, hidden]``: attention runs per cell, so no padding and no mask.
+
+        ``blocks``: :func:`block_attention`, else PyTorch's fused kernel (:func:`choose_cpu_attention`).
+        """
         t, h = x.shape
         d = h // self.heads
         qkv = self.qkv(x).view(t, 3, self.heads, d)
         ctx = torch.empty((t, self.heads, d), dtype=x.dtype, device=x.device)
-        # fp32: PyTorch's fused kernel (about 80% of the fp32 peak); bf16/fp16: blocks of rows.
-        blocks = x.dtype != torch.float32
+        attention = block_attention if blocks else _fused_attention
         for a, b in bounds:
             cell = qkv[a:b].permute(1, 2, 0, 3)  # [3, heads, length, d]
-            if blocks:
-                block_attention(cell[0], cell[1], cell[2], 1.0 / math.sqrt(d), ctx[a:b])
-                continue
-            out = F.scaled_dot_product_attention(cell[0:1], cell[1:2], cell[2:3], scale=1.0 / math.sqrt(d))
-            ctx[a:b] = out[0].transpose(0, 1)
+            attention(cell[0], cell[1], cell[2], 1.0 / math.sqrt(d), ctx[a:b])
         return self._rest(ctx.view(t, h), x)
 
     def _rest(self, ctx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -188,6 +259,8 @@ class GeneformerEncoder(nn.Module):
         self.register_buffer("token_type", torch.zeros(cfg.hidden_size))
         self.norm = _LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList(_Layer(cfg) for _ in range(num_layers))
+        # How forward_packed computes attention (load_encoder chooses it for the CPU it runs on).
+        self.attention = AttentionChoice("fused", "fused: the default", {})
 
     @property
     def width(self) -> int:
@@ -227,7 +300,7 @@ class GeneformerEncoder(nn.Module):
         x = self.norm(self.word(input_ids) + self.position(positions) + self.token_type)
         bounds = list(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True))
         for layer in self.layers:
-            x = layer.forward_packed(x, bounds)
+            x = layer.forward_packed(x, bounds, self.attention.kind == "blocks")
         return x
 
 
@@ -286,6 +359,7 @@ def load_encoder(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     weights_file: str | None = None,
+    attention: str = "auto",
 ) -> GeneformerEncoder:
     """Build the encoder from a Geneformer model folder (``config.json`` + weights).
 
@@ -300,6 +374,9 @@ def load_encoder(
         dtype of the weights and activations (layer norms compute in fp32).
     weights_file : str, optional
         ``model.safetensors`` or ``pytorch_model.bin``; default: whichever exists.
+    attention : {"auto", "fused", "blocks"}, default "auto"
+        How packed cells' attention runs on the CPU (:func:`choose_cpu_attention`; the
+        choice is ``encoder.attention``). On CUDA, batches are padded and run in the fused kernel.
 
     Returns
     -------
@@ -308,6 +385,8 @@ def load_encoder(
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISIONS)}")
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"attention {attention!r} is not one of {list(ATTENTION_KINDS)}")
     model_dir = Path(model_dir)
     cfg = EncoderConfig.from_json(model_dir / "config.json")
     n = layers_needed(emb_layer, cfg.num_hidden_layers)
@@ -346,4 +425,7 @@ def load_encoder(
             if isinstance(module, nn.Linear | nn.Embedding):
                 module.to(dtype)
         enc.token_type = enc.token_type.to(dtype)
+    if torch.device(device).type == "cpu":
+        heads = cfg.num_attention_heads
+        enc.attention = choose_cpu_attention(heads, cfg.hidden_size // heads, dtype, requested=attention)
     return enc.eval().requires_grad_(False)

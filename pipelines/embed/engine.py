@@ -64,6 +64,9 @@ class EngineOptions:
         Cells per batch at most.
     memory_cap_bytes : int, optional
         The profile's host memory cap: a warning is logged when the process's peak RSS passes it.
+    attention : {"auto", "fused", "blocks"}
+        How attention runs on the CPU (``SCLAKE_CPU_ATTENTION``;
+        :func:`pipelines.embed.encoder.choose_cpu_attention`).
     """
 
     device: str = "cpu"
@@ -74,6 +77,7 @@ class EngineOptions:
     threads: int | None = None
     max_cells: int | None = None
     memory_cap_bytes: int | None = None
+    attention: str = "auto"
 
     @property
     def is_cuda(self) -> bool:
@@ -121,8 +125,14 @@ class Embedder:
             torch.set_num_threads(int(options.threads))
         self.device = torch.device(options.device)
         self.encoder = load_encoder(
-            model_dir, emb_layer=options.emb_layer, device=self.device, precision=options.precision
+            model_dir,
+            emb_layer=options.emb_layer,
+            device=self.device,
+            precision=options.precision,
+            attention=options.attention,
         )
+        if not options.is_cuda:
+            log.info("attention on the CPU in %s: %s", options.precision, self.encoder.attention.reason)
         self.cls_present, self.eos_present, self.pad_id = cls_present, eos_present, pad_id
         self.width = self.encoder.width
         self.pinned_batches = 0  # batches copied to the device from page-locked memory
@@ -263,7 +273,7 @@ def run_parts(
     dict
         ``files`` (one record per part: path, rows, bytes, sha256), ``stats`` (summed
         :class:`PartStats` fields), ``peak_rss_bytes`` and ``gpu_peak_memory_bytes`` of
-        this process, ``device``.
+        this process, ``device``, ``attention`` (``fused`` or ``blocks``).
     """
     from pipelines.lake import Lake
     from pipelines.logs import Progress
@@ -312,6 +322,7 @@ def run_parts(
         "peak_rss_bytes": _peak_rss(),
         "gpu_peak_memory_bytes": int(gpu.max_memory_allocated(embedder.device)) if gpu is not None else None,
         "device": str(embedder.device),
+        "attention": "fused" if job.options.is_cuda else embedder.encoder.attention.kind,
         "pid": os.getpid(),
     }
 

@@ -71,6 +71,7 @@ class EmbedResult:
     emb_layer: int = -1
     synthetic: bool | None = None
     workers: int = 1
+    attention: str | None = None  # how the engines computed attention ("fused", "blocks"; both: "blocks,fused")
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +127,7 @@ def _published_result(lake: Lake, dataset_id: str, model: str, final: str, start
         vocab_hash=str(info.get("vocab_hash", "")),
         emb_layer=int(info.get("emb_layer", -1)),
         synthetic=info.get("synthetic"),
+        attention=info.get("attention"),
     )
 
 
@@ -340,6 +342,7 @@ def _job(settings: Settings, setup: _Setup, vocab: Vocabulary, stage: str, metad
             token_budget=setup.compute.token_budget,
             emb_layer=metadata["emb_layer"],
             memory_cap_bytes=int(setup.profile.host_memory),
+            attention=settings.cpu_attention,
         ),
         metadata=metadata,
     )
@@ -370,6 +373,9 @@ def _manifest(
         "token_budget": setup.compute.token_budget,
         "files": [{k: r[k] for k in ("path", "part", "rows", "bytes", "sha256")} for r in records],
     }
+    kinds = sorted({str(o["attention"]) for o in outputs if o.get("attention")})
+    if kinds:
+        info["attention"] = ",".join(kinds)
     info.pop("part", None)
     return info
 
@@ -423,6 +429,7 @@ def _result(
         emb_layer=info["emb_layer"],
         synthetic=info["synthetic"],
         workers=len(outputs) or 1,
+        attention=info.get("attention"),
     )
 
 

@@ -182,7 +182,7 @@ def log_embedding_run(
     return run_id
 
 
-RESULT_PARAMS = ("device", "precision", "token_budget", "emb_layer", "vocab_hash", "workers", "reused")
+RESULT_PARAMS = ("device", "precision", "attention", "token_budget", "emb_layer", "vocab_hash", "workers", "reused")
 
 
 RESULT_METRICS = {
