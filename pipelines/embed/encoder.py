@@ -168,9 +168,10 @@ def choose_cpu_attention(
     """Pick how packed cells' attention runs on this CPU.
 
     ``requested`` ``fused`` or ``blocks`` is taken as it is. ``auto``: fp32 takes the fused
-    kernel (about 80% of the fp32 matmul peak on Zen 3 and Zen 4, where the blocks ran 1.5x
-    slower); bf16/fp16 take whichever :func:`time_attention` finds faster on one cell of
-    ``length`` tokens (some 0.1 s at load). Their embeddings differ only by rounding.
+    kernel (the engine runs at about 80% of the fp32 matmul peak with it on Zen 3 and Zen 4;
+    on the Zen 4 the blocks ran fp32 attention 1.2x slower); bf16/fp16 take whichever
+    :func:`time_attention` finds faster on one cell of ``length`` tokens (some 0.1 s at load).
+    Their embeddings differ only by rounding.
     """
     if requested not in ATTENTION_KINDS:
         raise ValueError(f"attention {requested!r} is not one of {list(ATTENTION_KINDS)}")
