@@ -407,23 +407,23 @@ def summarise_sclake(
 
 
 def attention_kernels(spec_m: Any, length: int, threads: int) -> dict[str, Any]:
-    """One cell's attention at the median length in each kind and precision, as the engine times
-    them to choose (``SCLAKE_CPU_ATTENTION=auto``): ms and GFLOP/s (``4·heads·length²·d``)."""
+    """One cell's attention at the median length in each kind and precision, and the kind the
+    engine's ``auto`` takes on this CPU: ms and GFLOP/s (``4·heads·length²·d``)."""
     import torch
 
     from pipelines.embed.encoder import choose_cpu_attention, time_attention
-    from pipelines.profiles import bf16_supported
+    from pipelines.profiles import bf16_supported, cpu_has_amx
 
     torch.set_num_threads(threads)
     heads, d = spec_m.num_heads, spec_m.hidden_size // spec_m.num_heads
     flop = 4 * heads * length**2 * d
-    out: dict[str, Any] = {"length": length, "heads": heads, "head_dim": d}
+    out: dict[str, Any] = {"length": length, "heads": heads, "head_dim": d, "amx": cpu_has_amx()}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         if name == "bf16" and not bf16_supported("cpu"):
             continue
         seconds = time_attention(heads, d, dtype, length)
         out[name] = {
-            "chosen": choose_cpu_attention(heads, d, dtype, length=length).kind,
+            "chosen": choose_cpu_attention(dtype, amx=out["amx"]).kind,
             "ms": {k: round(s * 1e3, 2) for k, s in seconds.items()},
             "gflops": {k: round(flop / s / 1e9, 1) for k, s in seconds.items()},
         }

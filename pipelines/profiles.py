@@ -143,6 +143,13 @@ def cpu_bf16_support(flags: frozenset[str] | set[str] | None = None) -> Bf16Supp
     )
 
 
+def cpu_has_amx(flags: frozenset[str] | set[str] | None = None) -> bool:
+    """Whether the CPU has AMX tiles with bf16 (Sapphire Rapids and later), from its flags."""
+    if flags is None:
+        flags = cpu_flags()
+    return flags is not None and {"amx_tile", "amx_bf16"} <= set(flags)
+
+
 def bf16_support(device: str, *, flags: frozenset[str] | set[str] | None = None) -> Bf16Support:
     """Whether ``device`` computes in bfloat16 at full speed (CUDA: Ampere or later; CPU: :func:`cpu_bf16_support`)."""
     if device_kind(device) == "cpu":

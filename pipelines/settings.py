@@ -59,8 +59,7 @@ class Settings(BaseSettings):
         default="auto",
         description=(
             "How the embedding engine computes attention on the CPU: `auto` (fp32 in PyTorch's fused kernel;"
-            " bf16 in that kernel or in blocks of query rows, whichever is timed faster on the CPU at start),"
-            " `fused` or `blocks`."
+            " bf16 in that kernel on CPUs with AMX, else in blocks of query rows), `fused` or `blocks`."
         ),
     )
     pushgateway_url: str | None = Field(default=None, description="Prometheus Pushgateway; empty: no push.")

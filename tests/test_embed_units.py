@@ -103,7 +103,7 @@ def test_packed_bf16_cells_match_the_padded_bf16_path(model_dir, attention, monk
     monkeypatch.setattr(encoder, "block_attention", lambda *a: ran.append(1) or real(*a))
     ids, lengths = _batch(2)
     enc = load_encoder(model_dir, precision="bf16", attention=attention)
-    assert enc.attention.kind == attention and enc.attention.seconds == {}
+    assert enc.attention.kind == attention and enc.attention.reason == f"{attention}: as set"
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
     packed = torch.cat([ids[i, :n] for i, n in enumerate(lengths.tolist())])
     with torch.inference_mode():
@@ -116,20 +116,24 @@ def test_packed_bf16_cells_match_the_padded_bf16_path(model_dir, attention, monk
         assert cos.min() >= 0.99, (i, cos.min())
 
 
-def test_cpu_attention_is_timed_in_bf16_and_fused_in_fp32(model_dir):
-    """``auto``: bf16 takes whichever kind was timed faster here, fp32 the fused kernel; a
-    kind that is set is taken as it is; anything else is refused."""
-    from pipelines.embed.encoder import choose_cpu_attention
+def test_cpu_attention_follows_the_cpu_not_a_timing(model_dir):
+    """``auto``: fp32 in the fused kernel; bf16 in the fused kernel with AMX, in blocks without;
+    a kind that is set is taken as it is; anything else is refused. Both kinds can be timed."""
+    from pipelines.embed.encoder import choose_cpu_attention, time_attention
+    from pipelines.profiles import cpu_has_amx
 
-    timed = choose_cpu_attention(4, 16, torch.bfloat16, length=300)
-    assert set(timed.seconds) == {"blocks", "fused"} and all(s > 0 for s in timed.seconds.values())
-    assert timed.kind == min(timed.seconds, key=timed.seconds.get)
-    assert timed.reason.startswith(f"{timed.kind}: the faster on this CPU") and "300-token" in timed.reason
-    assert choose_cpu_attention(4, 16, torch.float32).kind == "fused"
-    assert choose_cpu_attention(4, 16, torch.float32, requested="blocks").kind == "blocks"
-    assert load_encoder(model_dir, precision="bf16").attention.seconds.keys() == {"blocks", "fused"}
+    assert choose_cpu_attention(torch.float32).kind == choose_cpu_attention(torch.float32, amx=True).kind == "fused"
+    assert choose_cpu_attention(torch.bfloat16).kind == "blocks"
+    assert choose_cpu_attention(torch.bfloat16, amx=True).kind == "fused"
+    assert choose_cpu_attention(torch.bfloat16, requested="fused").kind == "fused"
+    assert choose_cpu_attention(torch.float32, requested="blocks").reason == "blocks: as set"
+    assert load_encoder(model_dir, precision="bf16").attention.kind == "blocks"
+    assert load_encoder(model_dir, precision="bf16", amx=True).attention.kind == "fused"
     with pytest.raises(ValueError, match="attention 'flash' is not one of"):
         load_encoder(model_dir, attention="flash")
+    assert cpu_has_amx({"avx512_bf16", "amx_tile", "amx_bf16"}) and not cpu_has_amx({"avx512_bf16", "amx_tile"})
+    seconds = time_attention(2, 16, torch.bfloat16, length=300)
+    assert set(seconds) == {"blocks", "fused"} and all(t > 0 for t in seconds.values())
 
 
 def test_layers_outside_helicals_range_are_refused(model_dir):

@@ -11,12 +11,10 @@ the mean over each cell's non-padding positions, ``<cls>`` and ``<eos>`` exclude
 vocabulary has them.
 
 Attention is PyTorch's ``scaled_dot_product_attention`` with a key-padding mask (fused
-kernels on CPU and CUDA). For packed cells on the CPU in bf16/fp16 it runs either in that
-fused kernel or in blocks of query rows (:func:`block_attention`), whichever
-:func:`choose_cpu_attention` times faster on this CPU when the encoder is loaded (oneDNN's
-kernels differ by instruction set: with AVX512-BF16 and no AMX the blocks were faster). In
-bf16/fp16 the weights of the linear layers are converted once; layer norms, softmax
-accumulation and pooling stay in fp32 inputs where it matters.
+kernels on CPU and CUDA). For packed cells on the CPU in bf16/fp16 it runs in that fused
+kernel on CPUs with AMX and in blocks of query rows (:func:`block_attention`) on the others
+(:func:`choose_cpu_attention`). In bf16/fp16 the weights of the linear layers are converted
+once; layer norms, softmax accumulation and pooling stay in fp32 inputs where it matters.
 
 Only ``torch`` (and ``safetensors`` for ``.safetensors`` weights) is imported, so the inner
 loop runs where neither anndata nor Helical is installed.
@@ -114,27 +112,16 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
 
 
 ATTENTION_KINDS = ("auto", "fused", "blocks")
-# Tokens of the cell that choose_cpu_attention times: near the median length of Geneformer inputs.
+# Tokens of the cell time_attention times by default: near the median length of Geneformer inputs.
 TUNE_LENGTH = 1024
 
 
 @dataclass(frozen=True)
 class AttentionChoice:
-    """How the encoder computes attention, and why.
-
-    Attributes
-    ----------
-    kind : {"fused", "blocks"}
-        PyTorch's fused kernel, or :func:`block_attention`.
-    reason : str
-        One line: the timings it was chosen from, or what decided it otherwise.
-    seconds : dict
-        Best time of each kind on one cell of ``TUNE_LENGTH`` tokens, when timed.
-    """
+    """How the encoder computes attention on the CPU (``kind``: ``fused`` or ``blocks``), and why."""
 
     kind: str
     reason: str
-    seconds: dict[str, float]
 
 
 def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor) -> None:
@@ -144,7 +131,8 @@ def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 
 def time_attention(heads: int, head_dim: int, dtype: torch.dtype, length: int = TUNE_LENGTH) -> dict[str, float]:
     """Best time in seconds of each kind (``blocks``, ``fused``) on one cell of ``length`` random
-    tokens with torch's current threads: one warm-up run, then the best of three."""
+    tokens with torch's current threads: one warm-up run, then the best of three (what
+    ``benchmarks/embed.py`` reports as ``attention_kernels``)."""
     import time
 
     gen = torch.Generator().manual_seed(0)
@@ -162,27 +150,32 @@ def time_attention(heads: int, head_dim: int, dtype: torch.dtype, length: int = 
     return seconds
 
 
-def choose_cpu_attention(
-    heads: int, head_dim: int, dtype: torch.dtype, *, requested: str = "auto", length: int = TUNE_LENGTH
-) -> AttentionChoice:
-    """Pick how packed cells' attention runs on this CPU.
+def choose_cpu_attention(dtype: torch.dtype, *, requested: str = "auto", amx: bool = False) -> AttentionChoice:
+    """How packed cells' attention runs on the CPU: the same for every process of a machine.
 
-    ``requested`` ``fused`` or ``blocks`` is taken as it is. ``auto``: fp32 takes the fused
-    kernel (the engine runs at about 80% of the fp32 matmul peak with it on Zen 3 and Zen 4;
-    on the Zen 4 the blocks ran fp32 attention 1.2x slower); bf16/fp16 take whichever
-    :func:`time_attention` finds faster on one cell of ``length`` tokens (some 0.1 s at load).
-    Their embeddings differ only by rounding.
+    ``requested`` ``fused`` or ``blocks`` is taken as it is. ``auto``:
+
+    * fp32: the fused kernel (the engine runs at about 80% of the fp32 matmul peak with it
+      on Zen 3 and Zen 4; on the Zen 4 the blocks ran fp32 attention 1.2x slower);
+    * bf16/fp16 on a CPU with AMX (``amx``): the fused kernel, which multiplies its tiles
+      with AMX itself (PyTorch packs them for AMX);
+    * bf16/fp16 on others: the blocks, whose products run in oneDNN's AVX512-BF16 kernels
+      (on the Zen 4: 1.6x the fused kernel's rate at the median cell, 34% more cells/s in
+      the model; docs/embed.md, "Performance").
+
+    Fixed rules, not a timing at start: a timing picks one kernel in one process and the
+    other in the next where the two are close (it depends on the threads and the load), and
+    the same cells would then give embeddings that differ by bf16 rounding.
     """
     if requested not in ATTENTION_KINDS:
         raise ValueError(f"attention {requested!r} is not one of {list(ATTENTION_KINDS)}")
     if requested != "auto":
-        return AttentionChoice(requested, f"{requested}: as set", {})
+        return AttentionChoice(requested, f"{requested}: as set")
     if dtype == torch.float32:
-        return AttentionChoice("fused", "fused: fp32 runs in PyTorch's fused kernel", {})
-    seconds = time_attention(heads, head_dim, dtype, length)
-    kind = min(seconds, key=seconds.__getitem__)
-    timings = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in seconds.items())
-    return AttentionChoice(kind, f"{kind}: the faster on this CPU ({timings} per {length:,}-token cell)", seconds)
+        return AttentionChoice("fused", "fused: fp32 runs in PyTorch's fused kernel")
+    if amx:
+        return AttentionChoice("fused", "fused: the CPU has AMX, which PyTorch's fused kernel computes with")
+    return AttentionChoice("blocks", "blocks: no AMX; oneDNN's bf16 products in blocks of query rows")
 
 
 class _LayerNorm(nn.LayerNorm):
@@ -261,7 +254,7 @@ class GeneformerEncoder(nn.Module):
         self.norm = _LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList(_Layer(cfg) for _ in range(num_layers))
         # How forward_packed computes attention (load_encoder chooses it for the CPU it runs on).
-        self.attention = AttentionChoice("fused", "fused: the default", {})
+        self.attention = AttentionChoice("fused", "fused: the default")
 
     @property
     def width(self) -> int:
@@ -361,6 +354,7 @@ def load_encoder(
     precision: str = "fp32",
     weights_file: str | None = None,
     attention: str = "auto",
+    amx: bool = False,
 ) -> GeneformerEncoder:
     """Build the encoder from a Geneformer model folder (``config.json`` + weights).
 
@@ -378,6 +372,8 @@ def load_encoder(
     attention : {"auto", "fused", "blocks"}, default "auto"
         How packed cells' attention runs on the CPU (:func:`choose_cpu_attention`; the
         choice is ``encoder.attention``). On CUDA, batches are padded and run in the fused kernel.
+    amx : bool, default False
+        Whether the CPU has AMX (the engine reads it from ``/proc/cpuinfo``), for ``auto``.
 
     Returns
     -------
@@ -427,6 +423,5 @@ def load_encoder(
                 module.to(dtype)
         enc.token_type = enc.token_type.to(dtype)
     if torch.device(device).type == "cpu":
-        heads = cfg.num_attention_heads
-        enc.attention = choose_cpu_attention(heads, cfg.hidden_size // heads, dtype, requested=attention)
+        enc.attention = choose_cpu_attention(dtype, requested=attention, amx=amx)
     return enc.eval().requires_grad_(False)

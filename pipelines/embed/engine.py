@@ -65,8 +65,8 @@ class EngineOptions:
     memory_cap_bytes : int, optional
         The profile's host memory cap: a warning is logged when the process's peak RSS passes it.
     attention : {"auto", "fused", "blocks"}
-        How attention runs on the CPU (``SCLAKE_CPU_ATTENTION``;
-        :func:`pipelines.embed.encoder.choose_cpu_attention`).
+        How attention runs on the CPU (``SCLAKE_CPU_ATTENTION``; ``auto``:
+        :func:`pipelines.embed.encoder.choose_cpu_attention` with this CPU's AMX flags).
     """
 
     device: str = "cpu"
@@ -124,12 +124,18 @@ class Embedder:
         if options.threads and not options.is_cuda:
             torch.set_num_threads(int(options.threads))
         self.device = torch.device(options.device)
+        amx = False
+        if not options.is_cuda and options.attention == "auto":
+            from pipelines.profiles import cpu_has_amx
+
+            amx = cpu_has_amx()
         self.encoder = load_encoder(
             model_dir,
             emb_layer=options.emb_layer,
             device=self.device,
             precision=options.precision,
             attention=options.attention,
+            amx=amx,
         )
         if not options.is_cuda:
             log.info("attention on the CPU in %s: %s", options.precision, self.encoder.attention.reason)
