@@ -160,7 +160,7 @@ def choose_cpu_attention(dtype: torch.dtype, *, requested: str = "auto", amx: bo
     * bf16/fp16 on a CPU with AMX (``amx``): the fused kernel, which multiplies its tiles
       with AMX itself (PyTorch packs them for AMX);
     * bf16/fp16 on others: the blocks, whose products run in oneDNN's AVX512-BF16 kernels
-      (on the Zen 4: 1.6x the fused kernel's rate at the median cell, 34% more cells/s in
+      (on the Zen 4: 1.5x the fused kernel's rate at the median cell, 34% more cells/s in
       the model; docs/embed.md, "Performance").
 
     Fixed rules, not a timing at start: a timing picks one kernel in one process and the
