@@ -113,7 +113,7 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
 
 ATTENTION_KINDS = ("auto", "fused", "blocks")
 # Tokens of the cell time_attention times by default: near the median length of Geneformer inputs.
-TUNE_LENGTH = 1024
+TIMED_LENGTH = 1024
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     out.copy_(F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale)[0].transpose(0, 1))
 
 
-def time_attention(heads: int, head_dim: int, dtype: torch.dtype, length: int = TUNE_LENGTH) -> dict[str, float]:
+def time_attention(heads: int, head_dim: int, dtype: torch.dtype, length: int = TIMED_LENGTH) -> dict[str, float]:
     """Best time in seconds of each kind (``blocks``, ``fused``) on one cell of ``length`` random
     tokens with torch's current threads: one warm-up run, then the best of three (what
     ``benchmarks/embed.py`` reports as ``attention_kernels``)."""
@@ -155,8 +155,8 @@ def choose_cpu_attention(dtype: torch.dtype, *, requested: str = "auto", amx: bo
 
     ``requested`` ``fused`` or ``blocks`` is taken as it is. ``auto``:
 
-    * fp32: the fused kernel (the engine runs at about 80% of the fp32 matmul peak with it
-      on Zen 3 and Zen 4; on the Zen 4 the blocks ran fp32 attention 1.2x slower);
+    * fp32: the fused kernel (the engine runs at 73-79% of the fp32 matmul peak with it on
+      Zen 3 and Zen 4; on the Zen 4 the blocks ran fp32 attention 1.2x slower);
     * bf16/fp16 on a CPU with AMX (``amx``): the fused kernel, which multiplies its tiles
       with AMX itself (PyTorch packs them for AMX);
     * bf16/fp16 on others: the blocks, whose products run in oneDNN's AVX512-BF16 kernels
