@@ -253,8 +253,9 @@ class GeneformerEncoder(nn.Module):
         self.register_buffer("token_type", torch.zeros(cfg.hidden_size))
         self.norm = _LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList(_Layer(cfg) for _ in range(num_layers))
-        # How forward_packed computes attention (load_encoder chooses it for the CPU it runs on).
-        self.attention = AttentionChoice("fused", "fused: the default")
+        # How attention runs: the fused kernel (padded batches on CUDA), unless load_encoder
+        # chooses otherwise for the CPU it runs on (forward_packed).
+        self.attention = AttentionChoice("fused", "fused: PyTorch's fused kernel")
 
     @property
     def width(self) -> int:

@@ -328,7 +328,7 @@ def run_parts(
         "peak_rss_bytes": _peak_rss(),
         "gpu_peak_memory_bytes": int(gpu.max_memory_allocated(embedder.device)) if gpu is not None else None,
         "device": str(embedder.device),
-        "attention": "fused" if job.options.is_cuda else embedder.encoder.attention.kind,
+        "attention": embedder.encoder.attention.kind,
         "pid": os.getpid(),
     }
 
