@@ -20,6 +20,10 @@ same server, and the reads repeated as often:
   not in the command's process tree, so their CPU seconds and their largest summed RSS
   during each command are recorded beside it (``cluster_cpu_seconds``,
   ``cluster_peak_rss_bytes``).
+* **Identity pass**: the upload's SHA-256 and XXH3 with its bytes spooled to a local file,
+  as an ingest's first step does (``raw.fingerprint``: ranged GETs of 8 MiB made ahead of
+  the hash by ``S3Stream``'s threads), against one GET whose answer a thread reads 8 MiB
+  at a time ahead of the hash; seconds and the S3 server's CPU seconds, alternated.
 * **Reads**: the source's counts read in part-sized row blocks by h5py in this process,
   through an s3fs file (fsspec's read-ahead, requests made by fsspec's I/O thread) and
   through sclake's ``S3RangeFile`` (ranged GETs in the calling thread; see
@@ -321,6 +325,80 @@ def reads(server: Server, sample: Path, repeats: int) -> dict:
     return out
 
 
+def _one_get_digests(lake, url: str, out: Path) -> str:
+    """The identity pass as one GET: a thread reads the answer 8 MiB at a time, up to 4
+    blocks ahead of the SHA-256 and XXH3 of the blocks, which are also written to ``out``."""
+    import hashlib
+    import queue
+
+    import xxhash
+
+    from pipelines.ingest.remote import s3_client, split_s3_url
+    from pipelines.lake import HASH_BLOCK
+
+    bucket, key = split_s3_url(url)
+    body = s3_client(lake.storage_options).get_object(Bucket=bucket, Key=key)["Body"]
+    closing = contextlib.closing(body)
+    blocks: queue.Queue[bytes] = queue.Queue(4)
+
+    def read() -> None:
+        while block := body.read(HASH_BLOCK):
+            blocks.put(block)
+        blocks.put(b"")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    sha, xxh = hashlib.sha256(), xxhash.xxh3_128()
+    with closing, open(out, "wb") as f:
+        while block := blocks.get():
+            sha.update(block)
+            xxh.update(block)
+            f.write(block)
+    reader.join()
+    return sha.hexdigest()
+
+
+def hash_passes(server: Server, sample: Path, repeats: int) -> dict:
+    """The identity pass over the upload (SHA-256, XXH3, the spool file in /dev/shm or the
+    temporary folder), alternated: sclake's (``raw.fingerprint``: ranged GETs of 8 MiB by
+    ``S3Stream``'s threads) and one GET read 8 MiB at a time; seconds and the server's CPU."""
+    import hashlib
+    import tempfile
+
+    from pipelines.ingest import raw
+    from pipelines.lake import Lake
+
+    lake = Lake(server.settings("hash"))
+    lake.put(sample, "incoming/x.h5ad")
+    up = raw.resolve_upload(lake, lake.url("incoming/x.h5ad"))
+    spool = Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir()) / f"sclake-bench-{os.getpid()}"
+    with open(sample, "rb") as f:
+        want = hashlib.file_digest(f, "sha256").hexdigest()
+    passes = {
+        "ranged_gets": lambda: raw.fingerprint(lake, up, spool).sha256,
+        "one_get": lambda: _one_get_digests(lake, lake.url("incoming/x.h5ad"), spool),
+    }
+    runs: dict[str, dict[str, list[float]]] = {name: {"seconds": [], "server_cpu_seconds": []} for name in passes}
+    try:
+        for _ in range(repeats):
+            for name, run in passes.items():
+                cpu0, _ = server.counters()
+                t = time.perf_counter()
+                if run() != want:
+                    raise SystemExit(f"the {name} pass hashed other bytes than the sample's")
+                runs[name]["seconds"].append(round(time.perf_counter() - t, 2))
+                runs[name]["server_cpu_seconds"].append(round(server.counters()[0] - cpu0, 2))
+    finally:
+        spool.unlink(missing_ok=True)
+    out: dict = {
+        name: {"seconds": statistics.median(r["seconds"]), **{f"{k}_runs": v for k, v in r.items()}}
+        | {"server_cpu_seconds": statistics.median(r["server_cpu_seconds"])}
+        for name, r in runs.items()
+    }
+    out["speedup"] = round(out["one_get"]["seconds"] / out["ranged_gets"]["seconds"], 2)
+    return out
+
+
 def side(runs: list[tuple[Measured, dict]], cells: int) -> dict:
     seconds = [m.seconds for m, _ in runs]
     median = statistics.median(seconds)
@@ -392,6 +470,8 @@ def main() -> None:
         print(f"reading {sample.name} from {server.endpoint} ...", flush=True)
         read_result = reads(server, sample, args.repeats)
         print(json.dumps(read_result), flush=True)
+        hash_result = hash_passes(server, sample, args.repeats)
+        print(json.dumps(hash_result), flush=True)
         runs = ingest_runs(server, sample, args)
     finally:
         server.close()
@@ -407,6 +487,7 @@ def main() -> None:
         "repeats": args.repeats,
         "ingest": ingest,
         "reads": read_result,
+        "hash_pass": hash_result,
     }
     path = write_result("s3_ingest", result)
     print(json.dumps(result["ingest"], indent=2))

@@ -117,18 +117,32 @@ def test_an_object_replaced_during_the_read_is_an_error(s3_object, tmp_path: Pat
         f.read(10)
 
 
-def test_stream_reads_the_object_front_to_back_ahead_of_the_caller(s3_object) -> None:
+def _stream_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("sclake-s3-stream")]
+
+
+def test_stream_reads_the_object_front_to_back_ahead_of_the_caller(s3_object, tmp_path: Path) -> None:
     lake, url, data = s3_object
-    with S3Stream(url, lake.storage_options, block_size=16 * 1024, ahead=2) as f:
-        blocks = list(iter(f.read, b""))
-        assert f.read() == b""  # and stays at the end
-    assert b"".join(blocks) == data
-    assert all(len(b) == 16 * 1024 for b in blocks[:-1])
-    # Closed before the end, the reader thread stops (it was blocked on a full queue).
+    for streams in (1, 2, 3):
+        with S3Stream(url, lake.storage_options, block_size=16 * 1024, ahead=2, streams=streams) as f:
+            blocks = list(iter(f.read, b""))
+            assert f.read() == b""  # and stays at the end
+        assert b"".join(blocks) == data
+        assert all(len(b) == 16 * 1024 for b in blocks[:-1])
+    # A block that ends exactly at the end of the object, and one block larger than the object.
+    for block in (len(data) // 4, 2 * len(data)):
+        with S3Stream(url, lake.storage_options, block_size=block, ahead=3) as f:
+            assert b"".join(iter(f.read, b"")) == data
+    # An empty object: no block at all.
+    (tmp_path / "empty").write_bytes(b"")
+    lake.put(tmp_path / "empty", "incoming/empty.bin")
+    with S3Stream(lake.url("incoming/empty.bin"), lake.storage_options, block_size=1024, ahead=2) as f:
+        assert f.read() == b""
+    # Closed before the end, its threads stop (no more than `ahead` blocks were asked for).
     f = S3Stream(url, lake.storage_options, block_size=1024, ahead=1)
     assert f.read() == data[:1024]
     f.close()
-    assert not f._thread.is_alive()
+    assert not _stream_threads()
     with (
         pytest.raises(FileNotFoundError),
         S3Stream(lake.url("incoming/none"), lake.storage_options, block_size=1024, ahead=1) as g,
@@ -143,6 +157,16 @@ def test_stream_refuses_an_object_that_is_not_the_one_hashed(s3_object, tmp_path
     lake.put(tmp_path / "other", "incoming/blob.bin")
     with pytest.raises(ObjectChanged), S3Stream(url, lake.storage_options, block_size=1024, ahead=1, etag=etag) as f:
         f.read()
+    # Without an ETag given, the stream keeps to the one its first request found: an object
+    # replaced between two blocks is an error, not a mix of the two versions.
+    (tmp_path / "first").write_bytes(data)
+    got = []
+    with pytest.raises(ObjectChanged), S3Stream(url, lake.storage_options, block_size=1024, ahead=1) as f:
+        got.append(f.read())  # of the reversed bytes, in the store now
+        lake.put(tmp_path / "first", "incoming/blob.bin")
+        while block := f.read():
+            got.append(block)
+    assert got[0] == data[::-1][:1024] and len(got) < len(data) // 1024
 
 
 class CuttingProxy:
@@ -188,7 +212,7 @@ class CuttingProxy:
             sock.close()
 
 
-def test_stream_asks_again_from_where_its_get_broke_off(s3_object) -> None:
+def test_stream_asks_again_for_a_block_whose_get_broke_off(s3_object) -> None:
     lake, url, data = s3_object
     endpoint = lake.storage_options["endpoint_url"]
     port = int(endpoint.rsplit(":", 1)[1].strip("/"))
@@ -197,7 +221,7 @@ def test_stream_asks_again_from_where_its_get_broke_off(s3_object) -> None:
     etag = lake.etag(lake.path("incoming/blob.bin"))
     with S3Stream(url, options, block_size=8 * 1024, ahead=2, etag=etag) as f:
         assert b"".join(iter(f.read, b"")) == data
-    assert proxy.connections >= 3  # two broken GETs, then the rest of the object
+    assert proxy.connections >= 3  # two broken GETs, asked again on other connections
     proxy.listener.close()
     # More breaks than it resumes after: an error, not a short object.
     proxy = CuttingProxy(port, after=50_000, cuts=100)

@@ -155,7 +155,7 @@ def _open(lake: Lake, up: Upload, etag: str | None) -> Any:
 def fingerprint(lake: Lake, up: Upload, spool: Path | None = None) -> Fingerprint:
     """SHA-256, XXH3-128 and size of the upload's bytes, in one streamed pass (and its ETag on S3).
 
-    An S3 upload is read by one GET a few blocks ahead of the hash
+    An S3 upload is read in ranged GETs of one block each, a few blocks ahead of the hash
     (:class:`pipelines.ingest.remote.S3Stream`), so that the transfer and the hash overlap.
 
     With ``spool`` (from :func:`spool_for`), the bytes read are also written to that local
