@@ -14,10 +14,10 @@ read-ahead block keeps the many small metadata reads HDF5 makes to one request e
 The hash pass of an ingest reads an S3 upload front to back through :class:`S3Stream`:
 ranged GETs of one block each, made by two threads of its own a few blocks ahead of the
 hash, so that the transfer runs while the caller hashes and spools the blocks (through
-fsspec's file, 8 MiB requests one after the other, the two took turns). Against
-``rclone serve s3``, one GET of the whole object read in 8 MiB pieces took 1.3-2.2 s and
-1.1-2.1 s of the server's CPU for a 0.63 GB upload; the same bytes in 8 MiB ranged GETs
-took 0.8-0.9 s and 0.4-0.5 s of its CPU (docs/ingest.md, "Remote sources").
+fsspec's file, whose 8 MiB requests wait for the caller to ask, the two took turns). On ``rclone serve s3``
+(``benchmarks/s3_ingest.py``, a 0.63 GB upload), one GET of the whole object read 8 MiB at a
+time took 1.25 s and 1.18 s of the server's CPU; the ranged GETs took 0.93 s and 0.53 s
+(docs/ingest.md, "Reading an S3 upload once").
 """
 
 from __future__ import annotations
