@@ -391,8 +391,12 @@ def hash_passes(server: Server, sample: Path, repeats: int) -> dict:
     finally:
         spool.unlink(missing_ok=True)
     out: dict = {
-        name: {"seconds": statistics.median(r["seconds"]), **{f"{k}_runs": v for k, v in r.items()}}
-        | {"server_cpu_seconds": statistics.median(r["server_cpu_seconds"])}
+        name: {
+            "seconds": statistics.median(r["seconds"]),
+            "seconds_runs": r["seconds"],
+            "server_cpu_seconds": statistics.median(r["server_cpu_seconds"]),
+            "server_cpu_seconds_runs": r["server_cpu_seconds"],
+        }
         for name, r in runs.items()
     }
     out["speedup"] = round(out["one_get"]["seconds"] / out["ranged_gets"]["seconds"], 2)

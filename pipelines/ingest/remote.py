@@ -124,48 +124,46 @@ class ShortRead(OSError):
     """A ranged GET answered fewer bytes than it asked for (the answer broke off)."""
 
 
-def _head(client: Any, bucket: str, key: str, url: str, etag: str | None = None) -> dict[str, Any]:
-    """The object's HEAD answer (``If-Match`` ``etag`` when given)."""
+def _answer(call: Any, url: str, etag: str | None, **kwargs: Any) -> dict[str, Any]:
+    """The answer of one request about the object at ``url`` (``call``: the client's
+    ``head_object`` or ``get_object``), which must still have ``etag`` when given (``If-Match``,
+    and the answer's ETag compared, for servers that ignore the condition).
+
+    Raises ``FileNotFoundError`` (404), :class:`ObjectChanged` (412, or another ETag), ``OSError``.
+    """
     from botocore.exceptions import ClientError
 
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if etag:
         kwargs["IfMatch"] = etag
     try:
-        head = client.head_object(**kwargs)
+        resp = call(**kwargs)
     except ClientError as e:
         if _status(e) == 404:
             raise FileNotFoundError(f"no such object: {url}") from e
         if _status(e) == 412:
             raise ObjectChanged(f"{url} changed while it was being read") from e
-        raise OSError(f"cannot read {url}: {e}") from e
-    if etag and head.get("ETag") not in (None, etag):  # servers that ignore If-Match
+        where = f" bytes {kwargs['Range'][len('bytes=') :]}" if "Range" in kwargs else ""
+        raise OSError(f"cannot read {url}{where}: {e}") from e
+    if etag and resp.get("ETag") not in (None, etag):
+        if "Body" in resp:
+            resp["Body"].close()
         raise ObjectChanged(f"{url} changed while it was being read")
-    return head
+    return resp
+
+
+def _head(client: Any, bucket: str, key: str, url: str, etag: str | None = None) -> dict[str, Any]:
+    """The object's HEAD answer (``If-Match`` ``etag`` when given)."""
+    return _answer(client.head_object, url, etag, Bucket=bucket, Key=key)
 
 
 def _ranged_get(client: Any, bucket: str, key: str, url: str, start: int, stop: int, etag: str | None) -> bytes:
     """Bytes ``[start, stop)`` of the object, which must still have ``etag`` (when given)."""
-    from botocore.exceptions import ClientError
-
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{stop - 1}"}
-    if etag:
-        kwargs["IfMatch"] = etag  # the object must not change under the reader
+    resp = _answer(client.get_object, url, etag, Bucket=bucket, Key=key, Range=f"bytes={start}-{stop - 1}")
+    body = resp["Body"]
     try:
-        resp = client.get_object(**kwargs)
-        body = resp["Body"]
-        try:
-            data = body.read()
-        finally:
-            body.close()
-    except ClientError as e:
-        if _status(e) == 404:
-            raise FileNotFoundError(f"no such object: {url}") from e
-        if _status(e) == 412:
-            raise ObjectChanged(f"{url} changed while it was being read") from e
-        raise OSError(f"cannot read {url} bytes {start}-{stop - 1}: {e}") from e
-    if etag and resp.get("ETag") not in (None, etag):  # servers that ignore If-Match
-        raise ObjectChanged(f"{url} changed while it was being read")
+        data = body.read()
+    finally:
+        body.close()
     if len(data) != stop - start:
         raise ShortRead(f"{url}: asked for bytes {start}-{stop - 1}, got {len(data)} bytes")
     return data
