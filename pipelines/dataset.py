@@ -143,10 +143,16 @@ class Dataset:
     @cached_property
     def gene_ids(self) -> np.ndarray | None:
         """Ensembl ids of the genes, version suffix removed (``None`` when the source had none)."""
+        from pipelines import frames
+
         src = self.gene_id_source
         if src is None:
             return None
-        values = self.var.index if src == "index" else self.var[src.split("/", 1)[1]]
+        column = None if src == "index" else src.split("/", 1)[1]
+        try:  # that one element, without anndata
+            values = frames.frame_column(self.root["var"], column).to_pylist()
+        except frames.Unsupported:
+            values = self.var.index if column is None else self.var[column]
         return np.asarray([ENSEMBL_VERSION_RE.sub("", str(v)) for v in values], dtype=object)
 
     def obs_part(self, i: int) -> pd.DataFrame:

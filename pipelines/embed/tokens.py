@@ -90,11 +90,25 @@ def vocabulary_for(settings: Settings, model: str) -> Vocabulary:
     return Vocabulary.from_model_files(check_model_files(settings, model, verify=False))
 
 
-def _n_counts(obs: Any) -> np.ndarray | None:
-    """Helical normalises by an ``n_counts`` obs column when the data has one."""
-    if N_COUNTS_COLUMN not in obs.columns:
-        return None
-    return np.asarray(obs[N_COUNTS_COLUMN].to_numpy())
+def _part_obs(ds: Any, part: int) -> tuple[np.ndarray, dict[str, pa.Array], np.ndarray | None]:
+    """Part ``part``'s cell ids, its obs columns carried into the embeddings, and its
+    ``n_counts`` column (Helical normalises by it when the data has one), else ``None``.
+
+    Read with :mod:`pipelines.frames`; a frame it cannot read is read with anndata.
+    """
+    from pipelines import frames
+
+    try:
+        index, columns = frames.read_frame(ds.part_group(part)["obs"])
+    except frames.Unsupported as e:
+        log.info("obs of part %d read with anndata (%s)", part, e)
+        obs = ds.obs_part(part)
+        n_counts = np.asarray(obs[N_COUNTS_COLUMN].to_numpy()) if N_COUNTS_COLUMN in obs.columns else None
+        return np.asarray(obs.index.astype(str), dtype=object), writer.obs_columns(obs), n_counts
+    n_counts = columns.get(N_COUNTS_COLUMN)
+    if n_counts is not None:
+        n_counts = n_counts.to_numpy(zero_copy_only=False)
+    return index.to_numpy(zero_copy_only=False), writer.scalar_columns(columns), n_counts
 
 
 def tokenize_part(
@@ -112,8 +126,7 @@ def tokenize_part(
     started = time.perf_counter()
     lake = Lake(settings)
     ds = Dataset(lake.url(PATHS.zarr(dataset_id)), lake.storage_options)
-    obs = ds.obs_part(part)
-    n_counts = _n_counts(obs)
+    cell_ids, carried, n_counts = _part_obs(ds, part)
     meta = {
         "dataset_id": dataset_id,
         "part": part,
@@ -124,8 +137,6 @@ def tokenize_part(
         "n_counts_source": "obs/n_counts" if n_counts is not None else "row sums",
         "sclake_version": writer.package_version("sclake"),
     }
-    cell_ids = obs.index.astype(str)
-    carried = writer.obs_columns(obs)
     buf = io.BytesIO()
     out: pq.ParquetWriter | None = None
     cells = tokens = 0

@@ -83,22 +83,30 @@ def obs_columns(obs: pd.DataFrame) -> dict[str, pa.Array]:
     """The scalar obs columns as Arrow arrays (categoricals as their values); others are left out."""
     import pandas as pd
 
+    from pipelines.frames import categorical_values
+
     out: dict[str, pa.Array] = {}
     for name in obs.columns:
         col = obs[name]
         if isinstance(col.dtype, pd.CategoricalDtype):
-            col = col.astype(col.cat.categories.dtype)
+            col = categorical_values(col)
         try:
-            arr = pa.array(col.to_numpy(dtype=object) if col.dtype == object else col, from_pandas=True)
+            out[str(name)] = pa.array(col.to_numpy(dtype=object) if col.dtype == object else col, from_pandas=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
             log.info("obs column %r (%s) is not scalar; not carried into the embeddings", name, col.dtype)
-            continue
+    return scalar_columns(out)
+
+
+def scalar_columns(columns: dict[str, pa.Array]) -> dict[str, pa.Array]:
+    """The columns of a scalar Arrow type (large strings as strings); others are left out."""
+    out: dict[str, pa.Array] = {}
+    for name, arr in columns.items():
         if pa.types.is_large_string(arr.type):
             arr = arr.cast(pa.string())
         if not _scalar(arr.type):
             log.info("obs column %r (%s) is not scalar; not carried into the embeddings", name, arr.type)
             continue
-        out[str(name)] = arr
+        out[name] = arr
     return out
 
 

@@ -63,12 +63,13 @@ def build_cells(store_url: str, out_url: str, storage_options: dict[str, Any], d
     import pyarrow.parquet as pq
 
     from pipelines.dataset import Dataset
+    from pipelines.frames import categorical_values
 
     obs = Dataset(store_url, storage_options).obs
     frame = obs.copy()
     for col in frame.columns:
         if hasattr(frame[col], "cat"):
-            frame[col] = frame[col].astype(frame[col].cat.categories.dtype)
+            frame[col] = categorical_values(frame[col])
     frame.insert(0, "cell_id", obs.index.astype(str))
     table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
     meta = {**formats.parquet_encoding("cells-obs"), b"dataset_id": dataset_id.encode()}
