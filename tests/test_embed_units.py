@@ -49,13 +49,16 @@ def test_hidden_states_equal_transformers_for_each_layer(model_dir, hf_model, em
         torch.testing.assert_close(ours[i, :n], ref[i, :n], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn-linears", "torch-linears"])
 @pytest.mark.parametrize("special", [False, True])
-def test_packed_cells_give_the_padded_results(model_dir, special):
-    """The CPU path packs cells end to end (no padding, attention per cell): same hidden states and pooling."""
+def test_packed_cells_give_the_padded_results(model_dir, special, onednn):
+    """The CPU path packs cells end to end (no padding, attention per cell, linears in oneDNN
+    by default): same hidden states and pooling as the padded batch (F.linear)."""
     from pipelines.embed.encoder import pool_packed
 
     ids, lengths = _batch(1)
-    enc = load_encoder(model_dir)
+    enc = load_encoder(model_dir, onednn_linears=None if onednn else False)
+    assert enc.onednn_linears is onednn  # fp32 on the CPU: oneDNN's linear by default
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
     packed = torch.cat([ids[i, :n] for i, n in enumerate(lengths.tolist())])
     with torch.inference_mode():
@@ -66,6 +69,27 @@ def test_packed_cells_give_the_padded_results(model_dir, special):
         torch.testing.assert_close(
             pool_packed(flat, offsets, special, special), pool_cells(padded, lengths, special, special), equal_nan=True
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("relu", [False, True])
+def test_onednn_linear_equals_f_linear(dtype, relu):
+    """cpu_linear in oneDNN (bias and ReLU in the product) gives F.linear's numbers to rounding."""
+    from pipelines.embed.encoder import cpu_linear, onednn_linear_available
+
+    if not onednn_linear_available(dtype):
+        pytest.skip(f"oneDNN has no {dtype} linear on this CPU")
+    gen = torch.Generator().manual_seed(3)
+    linear = torch.nn.Linear(96, 160).to(dtype)
+    x = torch.randn(300, 96, generator=gen).to(dtype)
+    with torch.inference_mode():
+        ref = cpu_linear(x, linear, relu=relu)
+        out = cpu_linear(x, linear, relu=relu, onednn=True)
+    assert out.dtype == dtype and out.shape == (300, 160)
+    if relu:
+        assert (out >= 0).all() and (out == 0).any()
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}  # bf16: torch's defaults
+    torch.testing.assert_close(out, ref, **tolerance)
 
 
 @pytest.mark.parametrize("length", [1, 37, 256, 700])  # one block, a full one, three unequal ones

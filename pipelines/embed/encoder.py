@@ -178,6 +178,35 @@ def choose_cpu_attention(dtype: torch.dtype, *, requested: str = "auto", amx: bo
     return AttentionChoice("blocks", "blocks: no AMX; oneDNN's bf16 products in blocks of query rows")
 
 
+def onednn_linear_available(dtype: torch.dtype) -> bool:
+    """Whether :func:`cpu_linear` runs ``dtype`` in oneDNN here: fp32 wherever PyTorch has
+    oneDNN, bf16 where oneDNN reports bf16 instructions."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    if dtype == torch.float32:
+        return True
+    if dtype == torch.bfloat16:
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def cpu_linear(x: torch.Tensor, linear: nn.Linear, *, relu: bool = False, onednn: bool = False) -> torch.Tensor:
+    """``linear(x)`` (then an in-place ReLU with ``relu``).
+
+    ``onednn``: in oneDNN's linear (``mkldnn::_linear_pointwise``, the op PyTorch's compiler
+    emits for CPU linears), which adds the bias, and applies the ReLU, as it writes the
+    product: no pass that copies the bias into the output first. On the Zen 4 it ran the
+    encoder's four linears 1.1-1.2x faster than ``F.linear`` in fp32, 1.05-1.15x in bf16.
+    """
+    if onednn:
+        return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, "relu" if relu else "none", [], "")
+    y = linear(x)
+    return torch.relu_(y) if relu else y
+
+
 class _LayerNorm(nn.LayerNorm):
     """Layer norm computed in fp32 whatever the activation dtype.
 
@@ -203,6 +232,7 @@ class _Layer(nn.Module):
         self.ffn_out = nn.Linear(cfg.intermediate_size, h)
         self.ffn_norm = _LayerNorm(h, eps=cfg.layer_norm_eps)
         self.act = ACTIVATIONS[cfg.hidden_act]
+        self.relu = cfg.hidden_act == "relu"
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Padded batch ``[batch, seq, hidden]`` with a key-padding mask."""
@@ -212,28 +242,34 @@ class _Layer(nn.Module):
         ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask, scale=1.0 / math.sqrt(d))
         return self._rest(ctx.transpose(1, 2).reshape(b, s, h), x)
 
-    def forward_packed(self, x: torch.Tensor, bounds: list[tuple[int, int]], blocks: bool) -> torch.Tensor:
+    def forward_packed(
+        self, x: torch.Tensor, bounds: list[tuple[int, int]], blocks: bool, onednn: bool = False
+    ) -> torch.Tensor:
         """Packed cells ``[tokens, hidden]``: attention runs per cell, so no padding and no mask.
 
         ``blocks``: :func:`block_attention`, else PyTorch's fused kernel (:func:`choose_cpu_attention`).
+        ``onednn``: the linears in oneDNN (:func:`cpu_linear`).
         """
         t, h = x.shape
         d = h // self.heads
-        qkv = self.qkv(x).view(t, 3, self.heads, d)
+        qkv = cpu_linear(x, self.qkv, onednn=onednn).view(t, 3, self.heads, d)
         ctx = torch.empty((t, self.heads, d), dtype=x.dtype, device=x.device)
         attention = block_attention if blocks else _fused_attention
         for a, b in bounds:
             cell = qkv[a:b].permute(1, 2, 0, 3)  # [3, heads, length, d]
             attention(cell[0], cell[1], cell[2], 1.0 / math.sqrt(d), ctx[a:b])
-        return self._rest(ctx.view(t, h), x)
+        return self._rest(ctx.view(t, h), x, onednn)
 
-    def _rest(self, ctx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _rest(self, ctx: torch.Tensor, x: torch.Tensor, onednn: bool = False) -> torch.Tensor:
         # In-place residual adds and activation: no extra activation-sized buffers.
-        h = self.attn_out(ctx)
+        h = cpu_linear(ctx, self.attn_out, onednn=onednn)
         h += x
         x = self.attn_norm(h)
-        h = self.act(self.ffn_in(x))
-        h = self.ffn_out(h)
+        if self.relu:
+            h = cpu_linear(x, self.ffn_in, relu=True, onednn=onednn)
+        else:
+            h = self.act(cpu_linear(x, self.ffn_in, onednn=onednn))
+        h = cpu_linear(h, self.ffn_out, onednn=onednn)
         h += x
         return self.ffn_norm(h)
 
@@ -256,6 +292,8 @@ class GeneformerEncoder(nn.Module):
         # How attention runs: the fused kernel (padded batches on CUDA), unless load_encoder
         # chooses otherwise for the CPU it runs on (forward_packed).
         self.attention = AttentionChoice("fused", "fused: PyTorch's fused kernel")
+        # Whether packed cells' linears run in oneDNN (cpu_linear); load_encoder sets it on the CPU.
+        self.onednn_linears = False
 
     @property
     def width(self) -> int:
@@ -295,7 +333,7 @@ class GeneformerEncoder(nn.Module):
         x = self.norm(self.word(input_ids) + self.position(positions) + self.token_type)
         bounds = list(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True))
         for layer in self.layers:
-            x = layer.forward_packed(x, bounds, self.attention.kind == "blocks")
+            x = layer.forward_packed(x, bounds, self.attention.kind == "blocks", self.onednn_linears)
         return x
 
 
@@ -356,6 +394,7 @@ def load_encoder(
     weights_file: str | None = None,
     attention: str = "auto",
     amx: bool = False,
+    onednn_linears: bool | None = None,
 ) -> GeneformerEncoder:
     """Build the encoder from a Geneformer model folder (``config.json`` + weights).
 
@@ -375,6 +414,9 @@ def load_encoder(
         choice is ``encoder.attention``). On CUDA, batches are padded and run in the fused kernel.
     amx : bool, default False
         Whether the CPU has AMX (the engine reads it from ``/proc/cpuinfo``), for ``auto``.
+    onednn_linears : bool, optional
+        Whether packed cells' linears run in oneDNN on the CPU (:func:`cpu_linear`); default:
+        where :func:`onednn_linear_available` says it can (``encoder.onednn_linears``).
 
     Returns
     -------
@@ -425,4 +467,6 @@ def load_encoder(
         enc.token_type = enc.token_type.to(dtype)
     if torch.device(device).type == "cpu":
         enc.attention = choose_cpu_attention(dtype, requested=attention, amx=amx)
+        available = onednn_linear_available(dtype)
+        enc.onednn_linears = available if onednn_linears is None else onednn_linears and available
     return enc.eval().requires_grad_(False)

@@ -138,7 +138,12 @@ class Embedder:
             amx=amx,
         )
         if not options.is_cuda:
-            log.info("attention on the CPU in %s: %s", options.precision, self.encoder.attention.reason)
+            log.info(
+                "attention on the CPU in %s: %s; linears in %s",
+                options.precision,
+                self.encoder.attention.reason,
+                "oneDNN, bias added in the product" if self.encoder.onednn_linears else "F.linear",
+            )
         self.cls_present, self.eos_present, self.pad_id = cls_present, eos_present, pad_id
         self.width = self.encoder.width
         self.pinned_batches = 0  # batches copied to the device from page-locked memory
