@@ -112,6 +112,8 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
 
 
 ATTENTION_KINDS = ("auto", "fused", "blocks")
+# Packed batches' rows are rounded up to a multiple of this (GeneformerEncoder.forward_packed).
+PACKED_ROWS = 512
 # Tokens of the cell time_attention times by default: near the median length of Geneformer inputs.
 TIMED_LENGTH = 1024
 
@@ -254,6 +256,7 @@ class _Layer(nn.Module):
         d = h // self.heads
         qkv = cpu_linear(x, self.qkv, onednn=onednn).view(t, 3, self.heads, d)
         ctx = torch.empty((t, self.heads, d), dtype=x.dtype, device=x.device)
+        ctx[bounds[-1][1] :].zero_()  # rows in no cell (forward_packed's rounding): zeros, not stale memory
         attention = block_attention if blocks else _fused_attention
         for a, b in bounds:
             cell = qkv[a:b].permute(1, 2, 0, 3)  # [3, heads, length, d]
@@ -324,17 +327,26 @@ class GeneformerEncoder(nn.Module):
         """Hidden states ``[tokens, hidden]`` of cells packed end to end (cell ``i``: ``offsets[i]:offsets[i+1]``).
 
         The same numbers as :meth:`forward` on the non-padding positions, without computing padding.
+
+        The rows the linear layers see are rounded up to a multiple of :data:`PACKED_ROWS` (the
+        rows added are zeros, in no cell: no attention reads them and they are not returned).
+        oneDNN keeps state for every shape of product it has run, which grew the process by
+        about 20 MB per distinct token count in fp32; batches of few distinct row counts keep it flat.
         """
         lengths = offsets[1:] - offsets[:-1]
         if int(lengths.max()) > self.cfg.max_position_embeddings:
             raise ValueError(f"a cell exceeds the model's {self.cfg.max_position_embeddings} positions")
+        t = input_ids.shape[0]
         starts = torch.repeat_interleave(offsets[:-1], lengths)
-        positions = torch.arange(input_ids.shape[0], device=input_ids.device) - starts
+        positions = torch.arange(t, device=input_ids.device) - starts
         x = self.norm(self.word(input_ids) + self.position(positions) + self.token_type)
+        rows = -(-t // PACKED_ROWS) * PACKED_ROWS
+        if rows > t:
+            x = torch.cat([x, x.new_zeros(rows - t, x.shape[1])])
         bounds = list(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True))
         for layer in self.layers:
             x = layer.forward_packed(x, bounds, self.attention.kind == "blocks", self.onednn_linears)
-        return x
+        return x[:t]
 
 
 def pool_cells(hidden: torch.Tensor, lengths: torch.Tensor, cls_present: bool, eos_present: bool) -> torch.Tensor:
