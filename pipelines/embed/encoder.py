@@ -90,6 +90,8 @@ def layers_needed(emb_layer: int, num_layers: int) -> int:
 # Query rows per block in block_attention: a block's scores, [heads, rows, length] in bf16,
 # stay within a core's L2 cache for the cells' usual lengths (about 2.7 MB at 1,300 tokens).
 ATTENTION_ROWS = 256
+# block_attention pads a cell's keys (and its last block's query rows) to a multiple of this.
+ATTENTION_PAD = 128
 
 
 def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor) -> None:
@@ -101,14 +103,24 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     run in oneDNN's bf16 kernels; on a CPU with AVX512-BF16 and no AMX, PyTorch's fused CPU
     kernel ran bf16 attention slower than these blocks, and slower than its own fp32
     (docs/embed.md, "Performance").
+
+    The keys (and the last block's query rows) are padded with zeros up to a multiple of
+    :data:`ATTENTION_PAD`, the padded keys' scores set to ``-inf`` (their softmax weight is
+    exactly 0): the products then take few distinct shapes whatever the cells' lengths, and
+    oneDNN's state for each shape stays bounded.
     """
     n = q.shape[1]
+    padded = -(-n // ATTENTION_PAD) * ATTENTION_PAD
     q = q * scale
-    kt = k.transpose(-1, -2).contiguous()
-    v = v.contiguous()
+    kt = F.pad(k.transpose(-1, -2), (0, padded - n)).contiguous()
+    v = F.pad(v, (0, 0, 0, padded - n)).contiguous()
+    if padded > n:
+        q = F.pad(q, (0, 0, 0, padded - n))
     for a in range(0, n, ATTENTION_ROWS):
         scores = torch.matmul(q[:, a : a + ATTENTION_ROWS], kt)
-        out[a : a + ATTENTION_ROWS] = torch.matmul(torch.softmax(scores, -1), v).transpose(0, 1)
+        scores[..., n:] = float("-inf")
+        rows = min(n - a, ATTENTION_ROWS)
+        out[a : a + rows] = torch.matmul(torch.softmax(scores, -1), v)[:, :rows].transpose(0, 1)
 
 
 ATTENTION_KINDS = ("auto", "fused", "blocks")
