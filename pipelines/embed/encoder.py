@@ -15,6 +15,9 @@ kernels on CPU and CUDA). For packed cells on the CPU in bf16/fp16 it runs in th
 kernel on CPUs with AMX and in blocks of query rows (:func:`block_attention`) on the others
 (:func:`choose_cpu_attention`). In bf16/fp16 the weights of the linear layers are converted
 once; layer norms, softmax accumulation and pooling stay in fp32 inputs where it matters.
+On the CPU the linears of packed cells run in oneDNN's linear (:func:`cpu_linear`), and
+packed rows and attention blocks are padded to a few shapes, so that oneDNN's per-shape
+state, and with it the process's memory, stays bounded (``benchmarks/embed_memory.py``).
 
 Only ``torch`` (and ``safetensors`` for ``.safetensors`` weights) is imported, so the inner
 loop runs where neither anndata nor Helical is installed.
