@@ -70,7 +70,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             ids = torch.from_numpy(rng.integers(3, enc.cfg.vocab_size, int(n.sum())))
             hidden = enc.forward_packed(ids, offsets)
             encoder.pool_packed(hidden, offsets, True, False)
-            rows.add(-(-int(n.sum()) // encoder.PACKED_ROWS) * encoder.PACKED_ROWS)
+            rows.add(encoder.round_up(int(n.sum()), encoder.PACKED_ROWS))
             rss.append(proc.memory_info().rss)
     seconds = time.perf_counter() - started
     tenth = max(1, len(rss) // 10)

@@ -97,6 +97,11 @@ ATTENTION_ROWS = 256
 ATTENTION_PAD = 128
 
 
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple``: the padded sizes of packed rows and attention keys."""
+    return -(-n // multiple) * multiple
+
+
 def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor) -> None:
     """Attention of one cell without a mask, written into ``out`` ``[length, heads, d]``.
 
@@ -113,7 +118,7 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     oneDNN's state for each shape stays bounded.
     """
     n = q.shape[1]
-    padded = -(-n // ATTENTION_PAD) * ATTENTION_PAD
+    padded = round_up(n, ATTENTION_PAD)
     q = q * scale
     kt = F.pad(k.transpose(-1, -2), (0, padded - n)).contiguous()
     v = F.pad(v, (0, 0, 0, padded - n)).contiguous()
@@ -355,7 +360,7 @@ class GeneformerEncoder(nn.Module):
         starts = torch.repeat_interleave(offsets[:-1], lengths)
         positions = torch.arange(t, device=input_ids.device) - starts
         x = self.norm(self.word(input_ids) + self.position(positions) + self.token_type)
-        rows = -(-t // PACKED_ROWS) * PACKED_ROWS
+        rows = round_up(t, PACKED_ROWS)
         if rows > t:
             x = torch.cat([x, x.new_zeros(rows - t, x.shape[1])])
         bounds = list(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True))
