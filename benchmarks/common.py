@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,13 @@ class Measured:
     processes_seen: int
     stdout: str
     stderr: str
+    # (seconds since the start, RSS of the process tree) about once a second
+    rss_timeline: list[tuple[float, int]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("stdout")
+        d.pop("rss_timeline")
         d["stderr_tail"] = d.pop("stderr")[-2000:]
         return d
 
@@ -72,6 +75,7 @@ def run_measured(
     peak = {"tree": 0, "one": 0, "root_hwm": 0}
     seen: set[int] = set()
     cpu: dict[int, float] = {}  # pid -> user + system seconds at its last sample
+    timeline: list[tuple[float, int]] = []
     stop = threading.Event()
 
     def sample() -> None:
@@ -92,6 +96,9 @@ def run_measured(
                 total += rss
                 peak["one"] = max(peak["one"], rss)
             peak["tree"] = max(peak["tree"], total)
+            now = time.perf_counter() - start
+            if not timeline or now - timeline[-1][0] >= 1.0:
+                timeline.append((round(now, 2), total))
             peak["root_hwm"] = max(peak["root_hwm"], _hwm_bytes(proc.pid))
             stop.wait(interval)
 
@@ -111,6 +118,7 @@ def run_measured(
         processes_seen=len(seen),
         stdout=out,
         stderr=err,
+        rss_timeline=timeline,
     )
 
 
