@@ -188,7 +188,7 @@ def main() -> None:
     synthesize(Settings(home=args.workdir / "home", models_dir=models, pushgateway_url=None), args.model)
     started = time.perf_counter()
     rows: list[dict] = []
-    with MemoryCgroup("sclake-embed-cap", parse_bytes(args.limit)) as cg:
+    with MemoryCgroup(f"sclake-embed-cap-{os.getpid()}", parse_bytes(args.limit)) as cg:
         print(f"cap: {cg.describe()}; model {args.model}; precisions {precisions}", flush=True)
         for cells in sizes:
             rows.extend(one_size(cg, cells, precisions, args, models))
