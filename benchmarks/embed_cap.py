@@ -75,20 +75,10 @@ def sclake(cmd: list[str], env: dict[str, str], cwd: Path) -> str:
 def embed_in_cap(cg: MemoryCgroup, dataset_id: str, precision: str, env: dict[str, str], root: Path) -> dict:
     """``sclake embed`` of the dataset inside the cgroup, measured; its row of the report."""
     cmd = [str(BIN / "sclake"), "embed", dataset_id, "--device", "cpu", "--precision", precision, "--json"]
-    cg.reset()
-    kills, load_before = cg.oom_kills(), os.getloadavg()
-    m = run_measured(cg.wrap(cmd), env=env, cwd=root)
+    m, measured = cg.run(cmd, env=env, cwd=root)
     row: dict[str, Any] = {
         "precision": precision,
-        "returncode": m.returncode,
-        "seconds": round(m.seconds, 2),
-        "peak_rss_tree_bytes": m.peak_rss_tree_bytes,
-        "peak_rss_process_bytes": m.peak_rss_process_bytes,
-        "cgroup_peak_bytes": cg.peak(),
-        "oom_kills": cg.oom_kills() - kills,
-        "cpu_seconds": round(m.cpu_seconds, 1),
-        "processes": m.processes_seen,
-        "load_average_before": load_before,
+        **measured,
         "rss_by_third_bytes": thirds(m.rss_timeline, m.seconds),
         "rss_timeline": m.rss_timeline,
     }

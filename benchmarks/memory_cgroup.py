@@ -14,8 +14,10 @@ processes themselves hold, and :meth:`MemoryCgroup.peak` (cache included) is an 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 from pipelines.profiles import parse_bytes
 
@@ -115,6 +117,28 @@ class MemoryCgroup:
             if key == "oom_kill":
                 return int(value)
         return 0
+
+    def run(self, cmd: list[str], *, env: dict[str, str], cwd: Path) -> tuple[Any, dict[str, Any]]:
+        """Run ``cmd`` inside the group from a new peak, measured (``benchmarks/common.run_measured``):
+        the measurement and the figures every capped step reports (the group's peak, its OOM kills
+        during the command, the load average around it)."""
+        from benchmarks.common import run_measured
+
+        self.reset()
+        kills, load_before = self.oom_kills(), os.getloadavg()
+        m = run_measured(self.wrap(cmd), env=env, cwd=cwd)
+        return m, {
+            "returncode": m.returncode,
+            "seconds": round(m.seconds, 2),
+            "peak_rss_tree_bytes": m.peak_rss_tree_bytes,
+            "peak_rss_process_bytes": m.peak_rss_process_bytes,
+            "cgroup_peak_bytes": self.peak(),
+            "oom_kills": self.oom_kills() - kills,
+            "cpu_seconds": round(m.cpu_seconds, 1),
+            "processes": m.processes_seen,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        }
 
     def remove(self) -> None:
         """Remove the group (waits a little for exiting processes to leave it)."""

@@ -70,29 +70,17 @@ def environment(root: Path, home: Path) -> dict[str, str]:
 
 def step(cg: MemoryCgroup, name: str, cmd: list[str], env: dict[str, str], cells: int, cwd: Path) -> dict[str, Any]:
     """Run one command inside the cgroup, measured; its figures (and its stdout, for the caller)."""
-    cg.reset()
-    kills = cg.oom_kills()
-    load_before = os.getloadavg()
-    m = run_measured(cg.wrap(cmd), env=env, cwd=cwd)
+    m, measured = cg.run(cmd, env=env, cwd=cwd)
     row = {
         "step": name,
         "cells": cells,
-        "returncode": m.returncode,
-        "seconds": round(m.seconds, 2),
+        **measured,
         "cells_per_second": round(cells / m.seconds, 1) if m.returncode == 0 else None,
-        "peak_rss_tree_bytes": m.peak_rss_tree_bytes,
-        "peak_rss_process_bytes": m.peak_rss_process_bytes,
-        "cgroup_peak_bytes": cg.peak(),
-        "oom_kills": cg.oom_kills() - kills,
-        "cpu_seconds": round(m.cpu_seconds, 1),
-        "processes": m.processes_seen,
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
     }
     print(
         f"  {name:9s} rc {m.returncode:3d} {m.seconds:8.1f}s {row['cells_per_second'] or 0:9.0f} cells/s  "
         f"peak RSS {gib(m.peak_rss_tree_bytes)} (cgroup {gib(row['cgroup_peak_bytes'])}, "
-        f"OOM kills {row['oom_kills']})  load {load_before[0]:.1f}",
+        f"OOM kills {row['oom_kills']})  load {row['load_average_before'][0]:.1f}",
         flush=True,
     )
     if m.returncode != 0 and name != "read_h5ad":
