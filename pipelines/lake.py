@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import posixpath
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -78,6 +79,9 @@ STREAM_COPY_BLOCK = 64 * 2**20
 HASH_BLOCK = 8 * 1024 * 1024
 
 
+_FS_LOCK = threading.Lock()  # one filesystem per Lake, whichever thread asks first
+
+
 class Lake:
     """Access to the lake at ``settings.lake_uri`` through one fsspec filesystem."""
 
@@ -86,10 +90,21 @@ class Lake:
         self.paths = paths
         self.protocol, self.root = split_lake_uri(settings.lake_uri)
         self.storage_options: dict[str, Any] = s3_storage_options(settings) if self.protocol == "s3" else {}
-        # Listings must see what other processes wrote a moment ago.
-        self.fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **self.storage_options)
+        self._fs: fsspec.AbstractFileSystem | None = None
         if self.protocol == "file":
             Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The lake's fsspec filesystem, made on first use: on S3, importing s3fs and its first
+        request's client take about half a second that an ingest's identity pass, whose
+        requests go through :func:`pipelines.lake_store.s3_client`, need not wait for."""
+        if self._fs is None:
+            with _FS_LOCK:
+                if self._fs is None:
+                    # Listings must see what other processes wrote a moment ago.
+                    self._fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **self.storage_options)
+        return self._fs
 
     # -- naming -----------------------------------------------------------------------------------
 
@@ -307,12 +322,33 @@ class Lake:
         return str(etag) if etag else None
 
     def etag(self, path: str) -> str | None:
-        """The current ETag of the object at store path ``path`` on S3 (not cached); ``None`` on ``file://``."""
+        """The current ETag of the object at store path ``path`` on S3 (not cached); ``None`` on
+        ``file://``. Raises ``FileNotFoundError`` when there is no such object."""
         if self.protocol != "s3":
             return None
-        self.fs.invalidate_cache(path)
-        etag = self.fs.info(path).get("ETag")
-        return str(etag) if etag else None
+        return self.head(path)[1]
+
+    def head(self, path: str) -> tuple[int, str | None]:
+        """``(size, ETag)`` of the file or object at store path ``path``, asked now (not cached);
+        the ETag is ``None`` on ``file://``. On S3 one HEAD request through the process's
+        synchronous client (no s3fs). Raises ``FileNotFoundError`` when there is none: on S3 a
+        key that is only a folder has none either."""
+        if self.protocol != "s3":
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"no such file: {path}")
+            return os.path.getsize(path), None
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = path.partition("/")
+        try:
+            answer = s3_client(self.storage_options).head_object(Bucket=bucket, Key=key)
+        except ClientError as e:
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if status == 404:
+                raise FileNotFoundError(f"no such object: s3://{path}") from e
+            raise LakeError(f"cannot read s3://{path}: {e}") from e
+        etag = answer.get("ETag")
+        return int(answer["ContentLength"]), (str(etag) if etag else None)
 
     def rm(self, rel: str, *, recursive: bool = False) -> None:
         try:

@@ -34,7 +34,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class Upload:
     rel: str | None = None
     fs_path: str | None = None
     local: Path | None = None
+    size: int | None = None  # bytes, where resolve_upload had the store's answer (S3's HEAD)
 
     @property
     def in_incoming(self) -> bool:
@@ -89,18 +90,29 @@ def resolve_upload(lake: Lake, uri: str) -> Upload:
         up = Upload(uri, rel=rel) if rel is not None else Upload(uri, local=local)
     else:
         up = Upload(uri, rel=uri.strip("/"))  # a key relative to the lake
-    if not _exists(lake, up):
+    found = _exists(lake, up)
+    if found is None:
         raise InputError(f"{uri!r} does not exist", "check the path or upload the file first", code="not_found")
-    return up
+    return found
 
 
-def _exists(lake: Lake, up: Upload) -> bool:
+def _exists(lake: Lake, up: Upload) -> Upload | None:
+    """``up`` when it exists (on S3 with its size, from one HEAD request), else ``None``."""
     if up.local is not None:
-        return up.local.is_file()
-    return lake.fs.exists(up.fs_path or lake.path(up.rel or ""))
+        return up if up.local.is_file() else None
+    path = up.fs_path or lake.path(up.rel or "")
+    if lake.protocol != "s3":
+        return up if lake.fs.exists(path) else None
+    try:  # no s3fs yet: the identity pass can start while it loads
+        n, _ = lake.head(path)
+    except FileNotFoundError:
+        return None
+    return replace(up, size=n)
 
 
 def size(lake: Lake, up: Upload) -> int:
+    if up.size is not None:
+        return up.size
     if up.local is not None:
         return up.local.stat().st_size
     return int(lake.fs.size(up.fs_path or lake.path(up.rel or "")))

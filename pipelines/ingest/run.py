@@ -88,9 +88,9 @@ def ingest(settings: Settings, uri: str, *, client: Any = None) -> IngestResult:
     LakeError
         The lake cannot be written, or a raw copy does not verify.
     """
-    lake = Lake(settings)
     if client is None:
         start_fork_server(settings, preload=INGEST_MODULES)  # its imports run while the upload is hashed
+    lake = Lake(settings)
     try:
         up = raw.resolve_upload(lake, uri)
         return _ingest(settings, lake, up, client)
@@ -164,14 +164,15 @@ def _ingest(settings: Settings, lake: Lake, up: raw.Upload, client: Any) -> Inge
             for background in started:
                 background.close_soon()
 
-        if client is None and not _may_be_a_reupload(lake, up):
-            # The local cluster boots (its workers fork from the server started in ingest()) and
-            # the driver's modules load while the upload is hashed; hashlib and file reads
-            # release the GIL, so the hash runs beside them.
-            client = start_cluster()
         threads = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="sclake-ingest-io"))
         run = _Run(settings, lake, up, client, local_cluster, threads, spool, release_cluster)
         hashing = threads.submit(run.timed, "hash", raw.fingerprint, lake, up, spool)
+        if client is None and not _may_be_a_reupload(lake, up):
+            # The local cluster boots (its workers fork from the server started in ingest()) and
+            # the driver's modules load while the upload is hashed; hashlib and file reads
+            # release the GIL, so the hash runs beside them. On S3 the hash pass needs no s3fs,
+            # which the listing here loads meanwhile.
+            run.client = start_cluster()
         _load_conversion_modules()
         fp = hashing.result()
         if lake.is_published(PATHS.zarr(fp.dataset_id)):
