@@ -29,6 +29,7 @@ import anndata as ad
 import pytest
 
 from pipelines.dataset import open_dataset
+from pipelines.errors import InputError
 from pipelines.ingest import ingest, raw
 from pipelines.lake import PATHS, Lake
 from pipelines.sample import write_sample
@@ -220,6 +221,27 @@ def test_spool_files_of_dead_processes_are_removed(settings_s3: Settings, tmp_pa
     assert not spool.exists()
     # Local files are read where they are; a lake on file:// has no spool either.
     assert raw.spool_for(lake, raw.resolve_upload(lake, str(path))) is None
+
+
+def test_an_s3_upload_is_found_and_hashed_without_s3fs(settings_s3: Settings, tmp_path: Path) -> None:
+    # One HEAD finds the upload and gives its size; the identity pass reads it with the
+    # synchronous client: the lake's s3fs filesystem is not made until something lists.
+    lake = Lake(settings_s3)
+    path = write_sample(tmp_path / "h.h5ad", cells=40, genes=200, seed=45)
+    Lake(settings_s3).put(path, "incoming/h.h5ad")
+    up = raw.resolve_upload(lake, "incoming/h.h5ad")
+    assert up.size == path.stat().st_size == raw.size(lake, up)
+    fp = raw.fingerprint(lake, up)
+    assert fp.size == up.size and fp.etag == lake.head(lake.path("incoming/h.h5ad"))[1]
+    assert lake._fs is None
+    # A folder holds no object: not found, as a missing key is.
+    for key in ("incoming", "incoming/missing.h5ad"):
+        with pytest.raises(InputError, match="does not exist") as e:
+            raw.resolve_upload(lake, key)
+        assert e.value.code == "not_found"
+    with pytest.raises(FileNotFoundError):
+        lake.etag(lake.path("incoming/missing.h5ad"))
+    assert lake.ls("incoming") == ["incoming/h.h5ad"]  # the filesystem, made on first use
 
 
 def test_a_spool_goes_to_memory_only_where_it_fits_in_a_small_share_of_it(
