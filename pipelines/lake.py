@@ -43,7 +43,7 @@ from pipelines.lake_layout import (
     lake_key,
     part_name,
 )
-from pipelines.lake_store import s3_client, s3_storage_options, split_lake_uri
+from pipelines.lake_store import http_status, s3_client, s3_storage_options, split_lake_uri
 from pipelines.settings import Settings
 
 __all__ = [
@@ -310,7 +310,7 @@ class Lake:
         try:
             answer = client.copy_object(Bucket=dst_bucket, Key=dst_key, **kwargs)
         except ClientError as e:
-            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            status = http_status(e)
             if status == 404:
                 raise FileNotFoundError(f"no object to copy at s3://{src}") from e
             if status == 412:
@@ -343,7 +343,7 @@ class Lake:
         try:
             answer = s3_client(self.storage_options).head_object(Bucket=bucket, Key=key)
         except ClientError as e:
-            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            status = http_status(e)
             if status == 404:
                 raise FileNotFoundError(f"no such object: s3://{path}") from e
             raise LakeError(f"cannot read s3://{path}: {e}") from e

@@ -77,6 +77,11 @@ def s3_client(storage_options: dict[str, Any], *, read_timeout: float | None = N
     return client
 
 
+def http_status(error: Any) -> int:
+    """The HTTP status of a botocore ``ClientError`` (0 when the answer had none)."""
+    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
 def _new_client(opts: dict[str, Any]) -> Any:
     import botocore.session
     from botocore import UNSIGNED

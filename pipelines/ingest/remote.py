@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from pipelines.errors import ConfigError
-from pipelines.lake_store import s3_client
+from pipelines.lake_store import http_status, s3_client
 
 __all__ = ["ObjectChanged", "S3RangeFile", "S3Stream", "s3_client", "split_s3_url"]
 
@@ -138,9 +138,9 @@ def _answer(call: Any, url: str, etag: str | None, **kwargs: Any) -> dict[str, A
     try:
         resp = call(**kwargs)
     except ClientError as e:
-        if _status(e) == 404:
+        if http_status(e) == 404:
             raise FileNotFoundError(f"no such object: {url}") from e
-        if _status(e) == 412:
+        if http_status(e) == 412:
             raise ObjectChanged(f"{url} changed while it was being read") from e
         where = f" bytes {kwargs['Range'][len('bytes=') :]}" if "Range" in kwargs else ""
         raise OSError(f"cannot read {url}{where}: {e}") from e
@@ -264,7 +264,3 @@ class S3Stream:
                     breaks = self._breaks
                 if breaks > STREAM_RESUMES:
                     raise OSError(f"cannot read {self.url} (at byte {start:,}): {e}") from e
-
-
-def _status(e: Any) -> int:
-    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
